@@ -1,0 +1,43 @@
+# The front door: each target is a thin call of the real tool.
+# Works on a fresh clone with only Python 3.11+ and make installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint typecheck pytest bench stack fuzz soak audit clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+# Reinstall only when the project's metadata changed.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install the project with its dev tools
+
+run: $(STAMP)  ## start the downstream stubs and the service on the embedded defaults
+	$(BIN)/python scripts/run_local.py
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check service tests bench scripts
+
+typecheck: $(STAMP)  ## mypy --strict on service/
+	$(BIN)/mypy
+
+pytest: $(STAMP)  ## the test suite only
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest  ## ruff, mypy strict and the whole test suite
+
+bench: $(STAMP)  ## benchmarks against peer baselines in the same run (needs wrk)
+	$(BIN)/python bench/run.py
+
+clean:  ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

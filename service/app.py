@@ -1,0 +1,50 @@
+"""``create_app(settings)``: routes, middlewares and one cleanup context per resource.
+
+The factory only wires. Listeners are started by ``service.lifecycle``;
+resources are created and closed by their ``cleanup_ctx`` generators, in
+the start order of ../shared/ARCHITECTURE.md (and closed in reverse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from service.config import Settings
+from service.keys import ACCESS_LOG, METRICS, SETTINGS, STATE
+from service.log import AccessLog
+from service.metrics import Metrics
+from service.middleware import make_middleware
+from service.monitor import monitoring
+from service.routes import health
+from service.state import ServiceState
+
+
+def create_app(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    state: ServiceState | None = None,
+) -> web.Application:
+    metrics = metrics or Metrics(settings.metrics.namespace)
+    state = state or ServiceState()
+    access_log = AccessLog(settings.log)
+    app = web.Application(
+        middlewares=[make_middleware(metrics, state, access_log)],
+        client_max_size=settings.http.max_body_bytes,
+        handler_args={"keepalive_timeout": settings.http.keepalive_timeout},
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[STATE] = state
+    app[ACCESS_LOG] = access_log
+
+    app.cleanup_ctx.append(_monitoring)
+    health.setup(app)
+    return app
+
+
+async def _monitoring(app: web.Application) -> AsyncIterator[None]:
+    async with monitoring(app[METRICS], app[SETTINGS].metrics.loop_lag_interval):
+        yield

@@ -1,0 +1,109 @@
+"""aiohttp's server with a request-header deadline.
+
+aiohttp has no timeout for reading request headers: a client that trickles
+a header line keeps its connection (and a slot) forever, the slowloris
+attack. :class:`HeaderTimeoutHandler` starts a timer when the first bytes of
+a request arrive and closes the connection if the header block is not
+complete within ``http.header_timeout``. A request body, and an idle
+keep-alive connection, are not affected (``keepalive_timeout`` covers idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from service.log import get_logger
+from service.metrics import CounterChild
+
+log = get_logger("service.http")
+
+
+class HeaderTimeoutHandler(RequestHandler):
+    __slots__ = (
+        "_body_open",
+        "_header_deadline",
+        "_header_timeout",
+        "_header_timeouts",
+        "_messages_seen",
+    )
+
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float, header_timeouts: CounterChild,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timeouts = header_timeouts
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._messages_seen = 0
+        self._body_open: Any = None  # the payload of the last request, while unread
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # _request_count is aiohttp's count of parsed request heads (web_protocol).
+        if self._request_count != self._messages_seen:
+            self._messages_seen = self._request_count
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+            self._body_open = self._messages[-1][1] if self._messages else None
+            return
+        if self._header_deadline is not None or not data:
+            return
+        body = self._body_open
+        if body is not None and not body.is_eof():
+            return  # bytes of a request body, not of a header block
+        self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if self._request_count == self._messages_seen and self.transport is not None:
+            self._header_timeouts.inc()
+            log.info("closing connection: request headers not complete in time",
+                     timeout=self._header_timeout)
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        super().connection_lost(exc)
+
+
+class HeaderTimeoutServer(web.Server):
+    def __init__(self, *args: Any, header_timeout: float, header_timeouts: CounterChild,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timeouts = header_timeouts
+
+    def __call__(self) -> RequestHandler:
+        return HeaderTimeoutHandler(
+            self, loop=self._loop, header_timeout=self._header_timeout,
+            header_timeouts=self._header_timeouts, **self._kwargs,
+        )
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose server is a :class:`HeaderTimeoutServer`."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float,
+                 header_timeouts: CounterChild, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timeouts = header_timeouts
+
+    async def _make_server(self) -> web.Server:
+        # Let aiohttp build its server (start-up hooks, handler args), then
+        # make ours from the same parts.
+        base = await super()._make_server()
+        return HeaderTimeoutServer(
+            base.request_handler, request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),
+            header_timeout=self._header_timeout, header_timeouts=self._header_timeouts,
+            **base._kwargs,
+        )

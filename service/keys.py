@@ -1,0 +1,15 @@
+"""Every typed ``web.AppKey`` of the service, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.config import Settings
+from service.log import AccessLog
+from service.metrics import Metrics
+from service.state import ServiceState
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+STATE = web.AppKey("state", ServiceState)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)

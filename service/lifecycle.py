@@ -1,0 +1,231 @@
+"""Start order, signals and the numbered shutdown steps of ../shared/SPEC.md.
+
+aiohttp's ``run_app`` decides shutdown by itself (its ``shutdown_timeout`` can
+wait twice its value and never stops executors), so the service owns the
+sequence: every step has its own bound, and the total is at most
+``readiness_delay + grace_seconds + drain_seconds + 2 * cancel_seconds`` plus
+a little scheduling, which is what the compose ``stop_grace_period`` and the
+k8s ``terminationGracePeriodSeconds`` are sized from.
+
+Components join the sequence through ``service.state`` (listeners, drains,
+summary sources); this module never needs to know what they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from service.admin import create_admin_app
+from service.app import create_app
+from service.config import Settings
+from service.httpserver import AppRunner
+from service.log import get_logger, sink
+from service.metrics import Metrics, task_group
+from service.monitor import configure_debug
+from service.state import ServiceState
+
+log = get_logger("service.lifecycle")
+
+# Exit codes: 0 clean, 1 acknowledged work was lost (or a forced exit), 2 bad config.
+EXIT_OK, EXIT_LOST, EXIT_CONFIG = 0, 1, 2
+
+
+class Service:
+    """One running service: the public app, the admin app and the registered listeners."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.metrics.namespace)
+        self.state = ServiceState()
+        self.app = create_app(settings, metrics=self.metrics, state=self.state)
+        self.admin = create_admin_app(self.app)
+        self.stopping = asyncio.Event()
+        self._signals = 0
+        self._runner: AppRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._http_site: web.TCPSite | None = None
+
+    # -- signals ----------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("signal received: shutting down", signal=sig.name)
+            self.stopping.set()
+            return
+        # A second signal means "now": no more waiting on anything.
+        log.warning("second signal: exiting at once", signal=sig.name)
+        sink().flush()
+        os._exit(EXIT_LOST)
+
+    # -- start --------------------------------------------------------------
+    async def start(self) -> dict[str, int]:
+        """Start in the order of ARCHITECTURE.md; return the bound ports by listener."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        configure_debug(loop, s.loop.debug, s.loop.slow_callback_ms)
+        self._runner = AppRunner(
+            self.app, access_log=None, handle_signals=False,
+            header_timeout=s.http.header_timeout,
+            header_timeouts=self.metrics.http_header_timeouts.labels(),
+        )
+        # Resources start here: the app's cleanup contexts run in order.
+        await self._runner.setup()
+        self._admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        admin_site = web.TCPSite(self._admin_runner, s.admin.host, s.admin.port,
+                                 reuse_address=True)
+        await admin_site.start()
+        ports = {"admin": self._admin_runner.addresses[0][1]}
+        for listener in self.state.listeners:
+            addresses = await listener.start()
+            ports[listener.name] = addresses[0][1]
+        self._http_site = web.TCPSite(self._runner, s.http.host, s.http.port,
+                                      backlog=s.http.backlog, reuse_address=True)
+        await self._http_site.start()
+        ports["http"] = self._runner.addresses[0][1]
+        self.state.ready = True
+        self.metrics.ready_child.set(1)
+        log.info("listening", **{f"{name}_port": port for name, port in ports.items()},
+                 loop=type(loop).__module__.split(".")[0])
+        return ports
+
+    # -- stop ---------------------------------------------------------------
+    async def shutdown(self) -> int:
+        """The shutdown steps of SPEC.md; returns the exit code."""
+        s = self.settings.shutdown
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        # 1. Not ready: /readyz answers 503 from now on; keep serving through the
+        #    readiness delay so load balancers stop sending before we stop taking.
+        self.state.ready = False
+        self.metrics.ready_child.set(0)
+        log.info("shutdown step 1: not ready", readiness_delay=s.readiness_delay)
+        if s.readiness_delay:
+            await asyncio.sleep(s.readiness_delay)
+
+        # 2. Stop accepting: close the listening sockets; responses now carry
+        #    "Connection: close", new events get 503 and TCP clients "BYE shutdown".
+        self.state.draining = True
+        if self._http_site is not None:
+            await self._http_site.stop()
+        for listener in self.state.listeners:
+            await _guarded(listener.stop_accepting(), f"{listener.name}: stop accepting")
+        log.info("shutdown step 2: listeners closed")
+
+        # 3. In-flight HTTP requests and TCP answers finish, within the grace period.
+        deadline = loop.time() + s.grace_seconds
+        await asyncio.gather(
+            self._finish_http(deadline),
+            *(_guarded(lst.finish(s.grace_seconds), f"{lst.name}: finish")
+              for lst in self.state.listeners),
+        )
+        log.info("shutdown step 3: in-flight work finished",
+                 seconds=round(loop.time() - began, 3))
+
+        # 4. Drain: everything acknowledged reaches durable storage.
+        for drain in self.state.drains:
+            await _guarded(drain.drain(s.drain_seconds), f"{drain.name}: drain",
+                           timeout=s.drain_seconds + s.cancel_seconds)
+        log.info("shutdown step 4: drained")
+
+        # 5. Cancel what is left (each task's cleanup runs), then close the
+        #    resources: the app's cleanup contexts, in reverse start order.
+        cancelled = await _cancel_remaining(s.cancel_seconds)
+        if self._runner is not None:
+            await _guarded(self._runner.cleanup(), "close resources", timeout=s.cancel_seconds)
+
+        # 6. Summary and exit code; the admin listener goes last so the final
+        #    state can still be scraped until here.
+        counts: dict[str, int] = {"tasks_cancelled": cancelled}
+        for source in (*(d.summary for d in self.state.drains), *self.state.summaries):
+            for key, value in source().items():
+                counts[key] = counts.get(key, 0) + value
+        code = EXIT_LOST if counts.get("dropped", 0) else EXIT_OK
+        log.info("shutdown complete", exit_code=code, seconds=round(loop.time() - began, 3),
+                 **counts)
+        if self._admin_runner is not None:
+            await _guarded(self._admin_runner.cleanup(), "close admin", timeout=s.cancel_seconds)
+        return code
+
+    async def _finish_http(self, deadline: float) -> None:
+        runner = self._runner
+        if runner is None or runner.server is None:
+            return
+        loop = asyncio.get_running_loop()
+        in_flight = self.metrics.http_in_flight.labels()
+        # Busy connections get "Connection: close" on their next response; wait
+        # for them before closing idle ones, so no request is cut mid-way.
+        # Polled (only during shutdown) so the request path keeps no event bookkeeping.
+        while in_flight.value > 0 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        server = runner.server
+        server.pre_shutdown()  # idle keep-alive connections close now
+        remaining = max(0.0, deadline - loop.time())
+        try:
+            async with asyncio.timeout(remaining):
+                await server.shutdown(remaining)
+        except TimeoutError:
+            log.warning("grace period over: closing busy HTTP connections",
+                        connections=len(server.connections))
+        for conn in server.connections:
+            conn.force_close()
+
+
+async def _guarded(aw: Any, what: str, timeout: float | None = None) -> None:
+    """Run one shutdown step; log (never raise) its failure, so later steps still run."""
+    try:
+        async with asyncio.timeout(timeout):
+            await aw
+    except TimeoutError:
+        log.error("shutdown step timed out", step=what, timeout=timeout)  # noqa: TRY400
+    except Exception:
+        log.exception("shutdown step failed", step=what)
+
+
+async def _cancel_remaining(timeout: float) -> int:
+    """Cancel every task but this one and the admin server's, and wait for their cleanup."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current and task_group(t) != "http"]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            log.warning("task did not finish after cancel", task=task.get_name())
+    return len(tasks)
+
+
+async def serve(settings: Settings) -> int:
+    """Run the service until SIGTERM or SIGINT; return the exit code."""
+    service = Service(settings)
+    service.install_signal_handlers()
+    started = time.monotonic()
+    try:
+        await service.start()
+    except OSError as exc:
+        # A port in use or an address that cannot be bound: a configuration
+        # problem, so the same exit code as bad settings.
+        log.error("cannot start", error=str(exc))  # noqa: TRY400 - one line, no traceback
+        await _cancel_remaining(settings.shutdown.cancel_seconds)
+        with contextlib.suppress(Exception):
+            if service._runner is not None:
+                await service._runner.cleanup()
+            if service._admin_runner is not None:
+                await service._admin_runner.cleanup()
+        return EXIT_CONFIG
+    log.debug("started", seconds=round(time.monotonic() - started, 3))
+    await service.stopping.wait()
+    return await service.shutdown()

@@ -1,0 +1,1 @@
+"""The included load-test client (independent of the service core)."""

@@ -1,0 +1,261 @@
+"""Logging: structlog set-up, the request-id context variable, the stdlib bridge.
+
+One output stream, one format: JSON lines (orjson) in production, structlog's
+console renderer on a TTY or when configured. aiohttp's and asyncio's own
+stdlib records go through the same processors, so they carry the request id
+too. Values are rendered as JSON strings, so a CR/LF in a header cannot forge
+a second line; the console renderer escapes control characters for the same
+reason.
+
+Writing is the expensive part of a log line (a syscall per line costs more
+than rendering it, see ../shared/PERF-NOTES.md), so lines are appended to a
+buffer that is written at most every ``log.flush_interval`` seconds, at once
+for warnings and errors, and at exit. The access log has its own fast path
+(:class:`AccessLog`) because it runs once per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
+from typing import IO, Any
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from service.config import LogSettings
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+class LogSink:
+    """A buffered, thread-safe line writer in front of one binary stream."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self.buffering = False
+
+    def write_line(self, line: bytes, *, urgent: bool = False) -> None:
+        with self._lock:
+            self._lines.append(line)
+        if urgent or not self.buffering:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._lines:
+                return
+            data = b"\n".join(self._lines) + b"\n"
+            self._lines.clear()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed (e.g. a broken pipe at exit): nothing useful left to do
+
+
+_sink = LogSink(sys.stdout.buffer)
+
+
+def sink() -> LogSink:
+    return _sink
+
+
+class _SinkLogger:
+    """The structlog logger: hands rendered lines to the sink, flushing for errors."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+
+    def _info(self, message: str | bytes) -> None:
+        _sink.write_line(message.encode() if isinstance(message, str) else message)
+
+    def _error(self, message: str | bytes) -> None:
+        _sink.write_line(message.encode() if isinstance(message, str) else message, urgent=True)
+
+    debug = info = msg = log = _info
+    warning = error = critical = exception = fatal = err = _error
+
+
+def _logger_factory(*args: Any) -> _SinkLogger:
+    return _SinkLogger(args[0] if args else None)
+
+
+def _add_logger_name(logger: WrappedLogger, _: str, event_dict: EventDict) -> EventDict:
+    name = getattr(logger, "name", None)
+    if name is not None:
+        event_dict.setdefault("logger", name)
+    return event_dict
+
+
+class _Clock:
+    """ISO-8601 UTC timestamps with milliseconds, the date part formatted once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+
+
+_clock = _Clock()
+
+
+def _add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict["timestamp"] = _clock.now()
+    return event_dict
+
+
+def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    rid = request_id_var.get()
+    if rid is not None:
+        event_dict.setdefault("request_id", rid)
+    return event_dict
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9,)}
+
+
+def _escape_controls(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Console output only: a CR/LF inside a value must not start a new line."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            event_dict[key] = value.translate(_CONTROL)
+    return event_dict
+
+
+def _json_dumps(obj: Any, **_: Any) -> bytes:
+    return orjson.dumps(obj, default=repr)
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        _add_request_id,
+        structlog.stdlib.add_log_level,
+        _add_timestamp,
+    ]
+
+
+def use_console(settings: LogSettings, stream: IO[bytes] | None = None) -> bool:
+    if settings.format == "auto":
+        return (stream or sys.stdout).isatty()
+    return settings.format == "console"
+
+
+def configure(settings: LogSettings, stream: IO[bytes] | None = None) -> None:
+    """Set structlog and the stdlib root logger up; safe to call again (tests do)."""
+    global _sink
+    _sink.flush()
+    _sink = LogSink(stream if stream is not None else sys.stdout.buffer)
+    console = use_console(settings, stream)
+    level = _LEVELS[settings.level]
+    renderer: Processor
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        final: list[Processor] = [_escape_controls, renderer]
+    else:
+        final = [structlog.processors.format_exc_info,
+                 structlog.processors.JSONRenderer(serializer=_json_dumps)]
+    structlog.configure(
+        processors=[_add_logger_name, *_shared_processors(),
+                    structlog.processors.StackInfoRenderer(), *final],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=_logger_factory,
+        cache_logger_on_first_use=True,
+    )
+    # The stdlib bridge: aiohttp, asyncio and every other library logger.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.add_logger_name,
+                           structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    *(final if console else [structlog.processors.format_exc_info,
+                                             _render_json_str])],
+    )
+    handler = _SinkHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's own access logger stays off: the middleware writes the access line.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _render_json_str(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    return orjson.dumps(event_dict, default=repr).decode()
+
+
+class _SinkHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        _sink.write_line(line.encode(), urgent=record.levelno >= logging.WARNING)
+
+
+def get_logger(name: str | None = None, **initial: Any) -> Any:
+    """A lazy structlog logger; ``name`` becomes the ``logger`` key.
+
+    Safe at import time: the configuration is looked up on first use.
+    """
+    return structlog.get_logger(*((name,) if name else ()), **initial)
+
+
+class AccessLog:
+    """One line per request, rendered without structlog's processor chain.
+
+    ``sample`` < 1 logs that fraction of fast, successful requests; errors
+    (status >= 400) and requests slower than ``slow_seconds`` are always logged.
+    """
+
+    __slots__ = ("_console_log", "_rand", "enabled", "sample", "slow_seconds")
+
+    def __init__(self, settings: LogSettings, slow_seconds: float = 1.0) -> None:
+        self.enabled = settings.access_log and settings.access_log_sample > 0
+        self.sample = settings.access_log_sample
+        self.slow_seconds = slow_seconds
+        self._rand: Callable[[], float] = random.random
+        self._console_log = get_logger("access") if use_console(settings) else None
+
+    def log(
+        self, method: str, route: str, path: str, status: int, duration: float,
+        request_id: str, remote: str | None, user_agent: str | None,
+    ) -> None:
+        if self.sample < 1.0 and status < 400 and duration < self.slow_seconds \
+                and self._rand() >= self.sample:
+            return
+        record: MutableMapping[str, Any] = {
+            "event": "access", "logger": "access", "level": "info",
+            "timestamp": _clock.now(), "request_id": request_id, "method": method,
+            "route": route, "path": path, "status": status,
+            "duration_ms": round(duration * 1000, 3), "remote": remote,
+            "user_agent": user_agent,
+        }
+        if self._console_log is not None:
+            del record["event"], record["logger"], record["level"], record["timestamp"]
+            self._console_log.info("access", **record)
+        else:
+            _sink.write_line(orjson.dumps(record))

@@ -1,0 +1,1 @@
+"""HTTP handlers of the public API, one module per area."""

@@ -1,0 +1,41 @@
+"""Liveness, readiness and service info."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from service import __version__
+from service.keys import SETTINGS, STATE
+
+_LIVE = orjson.dumps({"status": "ok"})
+_READY = orjson.dumps({"status": "ready"})
+_NOT_READY = orjson.dumps({"status": "not ready"})
+
+
+async def livez(request: web.Request) -> web.Response:
+    """200 while the event loop answers: the cheapest possible handler."""
+    return web.Response(body=_LIVE, content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while serving; 503 during start-up and from the first moment of shutdown."""
+    if request.app[STATE].ready:
+        return web.Response(body=_READY, content_type="application/json")
+    return web.Response(body=_NOT_READY, status=503, content_type="application/json")
+
+
+async def info(request: web.Request) -> web.Response:
+    app = request.app
+    body = orjson.dumps({
+        "name": app[SETTINGS].metrics.namespace,
+        "version": __version__,
+        "uptime_seconds": round(app[STATE].uptime, 3),
+    })
+    return web.Response(body=body, content_type="application/json")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/livez", livez, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/v1/info", info, allow_head=False)
