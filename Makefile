@@ -37,7 +37,7 @@ pytest: $(STAMP)  ## the test suite only
 test: lint typecheck pytest  ## ruff, mypy strict and the whole test suite
 
 bench: $(STAMP)  ## benchmarks against peer baselines in the same run (needs wrk)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

@@ -1,0 +1,128 @@
+"""The event schema, shared by the HTTP API and the TCP protocol (one schema, two transports).
+
+Pure functions, no I/O. An event is a JSON object with ``user_id`` (string,
+1-64 characters), ``type`` (string, 1-64 characters), an optional
+``payload`` (object, at most 16 KiB encoded) and an optional ``ts``
+(number). Unknown members are refused, so a misspelt field is an error
+rather than silently dropped. Every failure is an :class:`EventError` that
+names the offending index (in a batch) and field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NotRequired, TypedDict
+
+import orjson
+
+MAX_ID_CHARS = 64
+MAX_PAYLOAD_BYTES = 16 * 1024
+FIELDS = frozenset(("user_id", "type", "payload", "ts"))
+
+ErrorCode = Literal["invalid_json", "invalid_event", "too_many_events"]
+
+
+class Event(TypedDict):
+    user_id: str
+    type: str
+    payload: NotRequired[dict[str, Any]]
+    ts: NotRequired[float]
+
+
+class EventError(ValueError):
+    """Why an input is not a valid event (or batch of events)."""
+
+    def __init__(self, code: ErrorCode, detail: str, *, field: str | None = None,
+                 index: int | None = None) -> None:
+        self.code = code
+        self.detail = detail
+        self.field = field
+        self.index = index
+        where = ""
+        if index is not None:
+            where += f"[{index}]"
+        if field is not None:
+            where += f".{field}" if where else field
+        super().__init__(f"{where}: {detail}" if where else detail)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "detail": self.detail}
+
+
+def _check_id(obj: dict[str, Any], name: str, index: int | None) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise EventError("invalid_event", "is required", field=name, index=index)
+    if not isinstance(value, str):
+        raise EventError("invalid_event", "must be a string", field=name, index=index)
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise EventError("invalid_event", f"must be 1 to {MAX_ID_CHARS} characters",
+                         field=name, index=index)
+    return value
+
+
+def validate_event(obj: object, index: int | None = None) -> Event:
+    """Check one decoded JSON value and return it as an :class:`Event`."""
+    if not isinstance(obj, dict):
+        raise EventError("invalid_event", "an event must be a JSON object", index=index)
+    extra = obj.keys() - FIELDS
+    if extra:
+        raise EventError("invalid_event", "unknown field", field=sorted(extra)[0], index=index)
+    event: Event = {"user_id": _check_id(obj, "user_id", index),
+                    "type": _check_id(obj, "type", index)}
+    if "payload" in obj:
+        payload = obj["payload"]
+        if not isinstance(payload, dict):
+            raise EventError("invalid_event", "must be an object", field="payload", index=index)
+        if len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
+            raise EventError("invalid_event", f"must be at most {MAX_PAYLOAD_BYTES} bytes "
+                             "encoded", field="payload", index=index)
+        event["payload"] = payload
+    if "ts" in obj:
+        ts = obj["ts"]
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise EventError("invalid_event", "must be a finite number", field="ts", index=index)
+        event["ts"] = ts
+    return event
+
+
+def _loads(data: bytes | str, index: int | None = None) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # orjson also refuses invalid UTF-8 and lone surrogates here.
+        raise EventError("invalid_json", f"not valid JSON: {exc.args[0]}", index=index) from None
+
+
+def parse_line(line: bytes) -> Event:
+    """One TCP line (without its line ending) holding one JSON event."""
+    return validate_event(_loads(line))
+
+
+def parse_json_body(body: bytes, max_events: int) -> list[Event]:
+    """An ``application/json`` body: one event object or an array of them."""
+    doc = _loads(body)
+    if isinstance(doc, dict):
+        return [validate_event(doc)]
+    if not isinstance(doc, list):
+        raise EventError("invalid_event", "the body must be an event object or an array of them")
+    if not doc:
+        raise EventError("invalid_event", "the array holds no events")
+    if len(doc) > max_events:
+        raise EventError("too_many_events", f"at most {max_events} events per request")
+    return [validate_event(item, i) for i, item in enumerate(doc)]
+
+
+def parse_ndjson_body(body: bytes, max_events: int) -> list[Event]:
+    """An ``application/x-ndjson`` body: one JSON event per line; blank lines are skipped."""
+    events: list[Event] = []
+    for raw in body.split(b"\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        if len(events) >= max_events:
+            raise EventError("too_many_events", f"at most {max_events} events per request")
+        events.append(validate_event(_loads(line, len(events)), len(events)))
+    if not events:
+        raise EventError("invalid_event", "the body holds no events")
+    return events
