@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint typecheck pytest bench stack fuzz soak audit clean
+.PHONY: help venv run test lint typecheck pytest bench stack fuzz soak audit rename clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -38,6 +38,10 @@ test: lint typecheck pytest  ## ruff, mypy strict and the whole test suite
 
 bench: $(STAMP)  ## benchmarks against peer baselines in the same run (needs wrk)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+rename:  ## rename the package, script, metric/env prefixes and compose services: make rename NAME=orders_api
+	@test -n "$(NAME)" || (echo "usage: make rename NAME=your_service" >&2; exit 2)
+	$(PYTHON) scripts/rename.py $(NAME)
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

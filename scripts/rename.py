@@ -1,0 +1,128 @@
+"""`make rename NAME=...`: turn the template into your own service.
+
+Renames the package directory, the console script, the metric prefix, the
+environment prefix (SERVICE_ -> NAME_), the compose services and every code
+reference, in place. Run it once, on a fresh copy, then `make test`:
+
+    make rename NAME=orders_api
+
+Prose that merely uses the word "service" is left alone: only code-shaped
+references (module paths, commands, identifiers, prefixes) change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+OLD = "service"
+SKIP_DIRS = {".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
+             "__pycache__", "data", "results"}
+SKIP_FILES = {"CHANGELOG.md"}  # history keeps its old names
+TEXT_SUFFIXES = {".py", ".toml", ".md", ".yml", ".yaml", ".json", ".cfg", ".txt", ".ini",
+                 ".sh", "", ".typed", ".dockerignore", ".gitignore"}
+
+
+def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]:
+    upper = new.upper()
+    words = r"(serve|stub|loadtest|--version|--help)"
+    return [
+        # Environment prefix: SERVICE_HTTP__PORT -> ORDERS_API_HTTP__PORT.
+        (re.compile(r"\bSERVICE_"), f"{upper}_"),
+        # Module paths and imports: service.cli, from service import x, import service.
+        (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
+        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+        (re.compile(r"-m service\b"), f"-m {new}"),
+        # The package directory in paths: service/, "service" in tool settings.
+        (re.compile(r"(?<![\w.-])service/"), f"{new}/"),
+        (re.compile(r'(files|include|testpaths) = \["service'), rf'\1 = ["{new}'),
+        (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
+        (re.compile(r'^service = "service\.cli:main"', re.M), f'{new} = "{new}.cli:main"'),
+        (re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
+         f"[tool.setuptools.package-data]\n{new} ="),
+        # Metric prefix and identifiers: service_http_requests_total, service_env.
+        (re.compile(r"\bservice_(?=[A-Za-z])"), f"{new}_"),
+        # The namespace default.
+        (re.compile(r'namespace: (.*)= "service"'), rf'namespace: \1= "{new}"'),
+        (re.compile(r'^namespace = "service"', re.M), f'namespace = "{new}"'),
+        # The console script in commands: `service serve`, `service loadtest ...`.
+        (re.compile(rf"(?<![\w.-])service {words}"), rf"{new} \1"),
+        (re.compile(r'"service", "(serve|stub|loadtest)"'), rf'"{new}", "\1"'),
+        (re.compile(r'prog="service"'), f'prog="{new}"'),
+        # Compose: the service's own entry and its host name on the compose network.
+        (re.compile(r"^  service:$", re.M), f"  {new}:"),
+        (re.compile(r"(//|- |condition: service_healthy\n\s+)service(?=[:\s/])"),
+         lambda m: m.group(0).replace("service", new)),
+        (re.compile(r"\bservice:(8080|8081|8888)\b"), rf"{new}:\1"),
+        (re.compile(r"^(\s+)service:\n(\s+condition:)", re.M), rf"\1{new}:\n\2"),
+        (re.compile(r"(app(?:\.kubernetes\.io/name)?: )service\b"), rf"\1{new}"),
+        (re.compile(r"(name: )service\b"), rf"\1{new}"),
+        (re.compile(r"(image: )service\b"), rf"\1{new}"),
+        (re.compile(r'"service:(ci|latest|dev)"'), rf'"{new}:\1"'),
+        (re.compile(r"\bservice:(ci|latest|dev)\b"), rf"{new}:\1"),
+    ]
+
+
+def files(root: Path) -> Iterator[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
+                             capture_output=True).stdout.decode()
+        paths = [root / p for p in out.split("\0") if p]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [p for p in root.rglob("*") if p.is_file()]
+    for path in paths:
+        rel = path.relative_to(root)
+        if any(part in SKIP_DIRS for part in rel.parts) or path.name in SKIP_FILES:
+            continue
+        if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name in
+                               ("Makefile", "Dockerfile", "run")):
+            yield path
+
+
+def rename(root: Path, new: str) -> int:
+    subs = substitutions(new)
+    changed = 0
+    for path in files(root):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        original = text
+        for pattern, repl in subs:
+            text = pattern.sub(repl, text)
+        if text != original:
+            path.write_text(text)
+            changed += 1
+    pkg = root / OLD
+    if pkg.is_dir():
+        pkg.rename(root / new)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="the new package name: lower case, digits, underscores")
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    args = parser.parse_args(argv)
+    new: str = args.name
+    if not re.fullmatch(r"[a-z][a-z0-9_]{1,40}", new) or keyword.iskeyword(new) \
+            or new in sys.stdlib_module_names or new == OLD:
+        print(f"rename: {new!r} is not a usable package name "
+              "(lower case, digits, underscores; not a keyword or stdlib module)",
+              file=sys.stderr)
+        return 2
+    if not (args.root / OLD).is_dir():
+        print(f"rename: no {OLD}/ package under {args.root} (already renamed?)", file=sys.stderr)
+        return 2
+    changed = rename(args.root, new)
+    print(f"renamed {OLD} -> {new} in {changed} files; now run: make test")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
