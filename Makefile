@@ -39,6 +39,9 @@ test: lint typecheck pytest  ## ruff, mypy strict and the whole test suite
 bench: $(STAMP)  ## benchmarks against peer baselines in the same run (needs wrk)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+stack: $(STAMP)  ## stubs, the service and a real Prometheus with the alert rules (needs prometheus); Ctrl-C stops all
+	$(BIN)/python scripts/stack.py $(STACK_ARGS)
+
 rename:  ## rename the package, script, metric/env prefixes and compose services: make rename NAME=orders_api
 	@test -n "$(NAME)" || (echo "usage: make rename NAME=your_service" >&2; exit 2)
 	$(PYTHON) scripts/rename.py $(NAME)
