@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import __version__
 from service.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from service.lifecycle import Service
 
 EXIT_CONFIG = 2
 
@@ -35,15 +39,39 @@ def run_loop(coro: Coroutine[Any, Any, int], kind: str, debug: bool = False) -> 
 
 def _serve(args: argparse.Namespace) -> int:
     from service import log
-    from service.lifecycle import serve
 
     settings: Settings = load_settings(args.config)
     log.configure(settings.log)
+    return run_service(settings)
+
+
+def run_service(settings: Settings, customize: Callable[[Service], None] | None = None) -> int:
+    """Run the service on the configured loop until it stops; return the exit code.
+
+    ``customize`` may add routes or components to the service before it
+    starts (tests/apps/ use it); logging must already be configured.
+    """
+    from service import log, offload
+    from service.lifecycle import Service, serve
+
+    async def main() -> int:
+        service = Service(settings)
+        if customize is not None:
+            customize(service)
+        return await serve(settings, service)
+
     try:
-        return run_loop(_with_log_flusher(serve(settings), settings.log.flush_interval),
+        code = run_loop(_with_log_flusher(main(), settings.log.flush_interval),
                         settings.loop.kind, settings.loop.debug)
     finally:
         log.sink().flush()
+    if offload.abandoned_jobs():
+        # Threads still run jobs that shutdown abandoned, and the interpreter
+        # would join them at exit (concurrent.futures registers that): leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 async def _with_log_flusher(coro: Coroutine[Any, Any, int], interval: float) -> int:

@@ -77,6 +77,9 @@ class Service:
         configure_debug(loop, s.loop.debug, s.loop.slow_callback_ms)
         self._runner = AppRunner(
             self.app, access_log=None, handle_signals=False,
+            # A client that hangs up cancels its handler, so the downstream calls
+            # it started stop at once instead of at the deadline (issue 5).
+            handler_cancellation=True,
             header_timeout=s.http.header_timeout,
             header_timeouts=self.metrics.http_header_timeouts.labels(),
         )
@@ -208,9 +211,13 @@ async def _cancel_remaining(timeout: float) -> int:
     return len(tasks)
 
 
-async def serve(settings: Settings) -> int:
-    """Run the service until SIGTERM or SIGINT; return the exit code."""
-    service = Service(settings)
+async def serve(settings: Settings, service: Service | None = None) -> int:
+    """Run the service until SIGTERM or SIGINT; return the exit code.
+
+    ``service`` lets a caller (a test app, a variant entry point) add routes or
+    components to a :class:`Service` before it starts.
+    """
+    service = service or Service(settings)
     service.install_signal_handlers()
     started = time.monotonic()
     try:

@@ -334,8 +334,8 @@ def task_group(task: asyncio.Task[object]) -> str:
     group, sep, _ = name.partition(":")
     if sep and group in TASK_GROUPS:
         return group
-    coro = task.get_coro()
-    qualname = getattr(coro, "__qualname__", "")
-    if qualname.startswith("RequestHandler."):
+    # Not every coroutine has a str __qualname__ (uvloop's Cython ones say None).
+    qualname = getattr(task.get_coro(), "__qualname__", None)
+    if isinstance(qualname, str) and qualname.startswith("RequestHandler."):
         return "http"  # aiohttp's connection and request tasks
     return "other"

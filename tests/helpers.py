@@ -48,8 +48,9 @@ class ServiceProcess:
     """
 
     def __init__(self, args: list[str], env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, module: str = "service") -> None:
         self.args = args
+        self.module = module  # e.g. "tests.apps.slow_service" (run from ROOT)
         self.env = {**os.environ, "SERVICE_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
         self.env.update(env or {})
         self.cwd = cwd
@@ -62,7 +63,8 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *self.args], env=self.env, cwd=self.cwd,
+            [sys.executable, "-m", self.module, *self.args], env=self.env,
+            cwd=self.cwd or (ROOT if self.module != "service" else None),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -139,9 +141,11 @@ def service_env(**overrides: Any) -> dict[str, str]:
 
 @contextmanager
 def running_service(args: list[str] | None = None, env: Mapping[str, str] | None = None,
-                    cwd: Path | None = None) -> Iterator[ServiceProcess]:
+                    cwd: Path | None = None, module: str = "service") -> Iterator[ServiceProcess]:
     """A started service (``serve`` unless ``args`` say otherwise), stopped at the end."""
-    proc = ServiceProcess(args or ["serve"], env={**service_env(), **(env or {})}, cwd=cwd)
+    default_args = ["serve"] if module == "service" else []
+    proc = ServiceProcess(args if args is not None else default_args,
+                          env={**service_env(), **(env or {})}, cwd=cwd, module=module)
     proc.start()
     try:
         proc.wait_listening()
