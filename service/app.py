@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service.config import Settings
-from service.keys import ACCESS_LOG, METRICS, SETTINGS, STATE
+from service.keys import ACCESS_LOG, METRICS, OFFLOAD, SETTINGS, STATE
 from service.log import AccessLog
 from service.metrics import Metrics
 from service.middleware import make_middleware
 from service.monitor import monitoring
-from service.routes import health
+from service.offload import Offload
+from service.routes import hash, health
 from service.state import ServiceState
 
 
@@ -41,10 +42,23 @@ def create_app(
     app[ACCESS_LOG] = access_log
 
     app.cleanup_ctx.append(_monitoring)
+    app.cleanup_ctx.append(_offload)
     health.setup(app)
+    hash.setup(app)
     return app
 
 
 async def _monitoring(app: web.Application) -> AsyncIterator[None]:
     async with monitoring(app[METRICS], app[SETTINGS].metrics.loop_lag_interval):
         yield
+
+
+async def _offload(app: web.Application) -> AsyncIterator[None]:
+    # Closed after everything that submits jobs; running jobs get half of the
+    # step-5 budget, then they are abandoned (counted in the summary line).
+    s = app[SETTINGS]
+    offload = Offload(s.offload, app[METRICS], log_settings=s.log)
+    app[OFFLOAD] = offload
+    app[STATE].summaries.append(offload.summary)
+    yield
+    await offload.close(s.shutdown.cancel_seconds / 2)

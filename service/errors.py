@@ -122,6 +122,15 @@ class IntakeFull(Exception):
         super().__init__(f"no room for {needed} event(s); retry after {retry_after}s")
 
 
+class ExecutorBusy(Exception):
+    """An executor's backlog is full: the job was refused at once (HTTP 503 with Retry-After)."""
+
+    def __init__(self, executor: str, retry_after: int = 1) -> None:
+        self.executor = executor
+        self.retry_after = retry_after
+        super().__init__(f"the {executor} executor backlog is full; retry after {retry_after}s")
+
+
 class IntakeClosed(Exception):
     """The pipeline is draining and takes no new events (HTTP 503, TCP ``BYE shutdown``)."""
 

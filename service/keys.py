@@ -7,9 +7,11 @@ from aiohttp import web
 from service.config import Settings
 from service.log import AccessLog
 from service.metrics import Metrics
+from service.offload import Offload
 from service.state import ServiceState
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", ServiceState)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+OFFLOAD = web.AppKey("offload", Offload)
