@@ -382,14 +382,16 @@ def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
 
 # -- Prometheus and Grafana ----------------------------------------------------------
 
-def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+def test_prometheus_config_rules_and_rule_tests_pass_promtool(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     stack = load_stack_script()
     generated = tmp_path / "prometheus.yml"
     generated.write_text(yaml.safe_dump(stack.prometheus_config("127.0.0.1:8081", "1s")))
     for args in (["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
                  ["check", "config", str(generated)],
-                 ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")]):
+                 ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
+                 # Each alert fires on synthetic series and stays quiet on healthy ones.
+                 ["test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml")]):
         result = subprocess.run([promtool, *args], capture_output=True, text=True,
                                 timeout=60, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
