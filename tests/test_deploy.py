@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import Settings, load_settings
+from service.config import AdminSettings, Settings, load_settings
 from tests.helpers import IN_CI, ROOT, free_port, http_get, require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -234,13 +234,14 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root_and_signal_safe() -> Non
     # Prometheus reaches the admin port on the container network; the embedded
     # default keeps it on loopback everywhere else.
     assert env["SERVICE_ADMIN__HOST"] == "0.0.0.0"
-    assert Settings().admin.host == "127.0.0.1"
+    assert AdminSettings().host == "127.0.0.1"
     assert "SERVICE_PIPELINE__SINK_PATH" in env
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:].count("!service/") == 1, "allow-list .dockerignore"
 
 
-def test_container_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> None:
+def test_container_command_serves_and_passes_its_healthcheck(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENTRYPOINT + CMD with the Dockerfile's ENV and WORKDIR; only ports overridden.
 
     The image's venv (/opt/venv) is this test's venv, and WORKDIR is a temporary
@@ -289,7 +290,8 @@ def test_container_command_serves_and_passes_its_healthcheck(tmp_path: Path) -> 
         assert b"service_ready 1.0" in body
         stop_signal = getattr(signal, instruction(stage, "STOPSIGNAL"))
         proc.send_signal(stop_signal)
-        code = proc.wait(shutdown_budget(Settings()) + SHUTDOWN_MARGIN)
+        code = proc.wait(shutdown_budget(settings_with_env(monkeypatch, image_env))
+                         + SHUTDOWN_MARGIN)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -328,7 +330,8 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert not validator.is_valid(doc)
 
 
-def test_compose_services_are_hardened_healthy_and_ordered() -> None:
+def test_compose_services_are_hardened_healthy_and_ordered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     doc = compose()
     services = doc["services"]
     assert {"service", "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
@@ -344,7 +347,7 @@ def test_compose_services_are_hardened_healthy_and_ordered() -> None:
             # The dependency must have a healthcheck (the service's is the image's).
             assert dep == "service" or "test" in services[dep]["healthcheck"], dep
     # Only the public API is published; Prometheus reaches the admin port inside.
-    admin_port = str(Settings().admin.port)
+    admin_port = str(settings_with_env(monkeypatch, dockerfile_env(final_stage())).admin.port)
     for svc in services.values():
         assert not any(str(p).split(":")[-1] == admin_port for p in svc.get("ports", []))
     prom = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -520,7 +523,7 @@ def _family_of(name: str) -> list[str]:
 
 
 def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`make stack` with free ports: Prometheus finds up == 1 and every queried metric.
 
     A metric family with samples on /metrics must be found through Prometheus'
@@ -573,7 +576,8 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
                 f"{name} is queried by the dashboard or an alert, but not exported"
         # Ctrl-C stops everything; the service drains first and exits cleanly.
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(shutdown_budget(Settings()) + 20) == 0, out.read_text()
+        budget = shutdown_budget(settings_with_env(monkeypatch, {}))
+        assert proc.wait(budget + 20) == 0, out.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
