@@ -22,7 +22,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -502,10 +504,23 @@ def _drive_traffic(http_port: int, tcp_port: int) -> None:
     for path in ("/livez", "/readyz", "/v1/info", "/v1/users/1/summary", "/no-such-route"):
         for _ in range(3):
             http_get(base + path)
+    for path, body in (("/v1/events", {"user_id": "1", "type": "deploy-test"}),
+                       ("/v1/hash", {"data": "deploy-test"})):
+        http_post_json(base + path, body)
     with socket.create_connection(("127.0.0.1", tcp_port), 5) as conn:
         conn.sendall(b"PING\n")
         conn.settimeout(5)
         assert conn.recv(64).startswith(b"PONG")
+
+
+def http_post_json(url: str, body: Any) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _prometheus_api(port: int, path: str, **params: str) -> Any:
@@ -571,6 +586,7 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
         up = _prometheus_api(ports["prometheus"], "query", query='up{job="service"}')
         assert [r["value"][1] for r in up["result"]] == ["1"]
         assert set(health) == set(rule_exprs()), "every alert rule is loaded and evaluates"
+        print("queried, not yet sampled (checked by # HELP):", sorted(queried - must_scrape))
         for name in sorted(queried - must_scrape):
             assert any(f in helped for f in _family_of(name)), \
                 f"{name} is queried by the dashboard or an alert, but not exported"
