@@ -290,6 +290,10 @@ def test_container_command_serves_and_passes_its_healthcheck(
         status, _, body = http_get(f"http://127.0.0.1:{ports['admin']}/metrics")
         assert status == 200
         assert b"service_ready 1.0" in body
+        # The sink writes under WORKDIR (the image's data volume), per SERVICE_PIPELINE__SINK_PATH.
+        status, accepted = http_post_json(f"http://127.0.0.1:{ports['http']}/v1/events",
+                                          {"user_id": "1", "type": "container-test"})
+        assert status == 202, accepted
         stop_signal = getattr(signal, instruction(stage, "STOPSIGNAL"))
         proc.send_signal(stop_signal)
         code = proc.wait(shutdown_budget(settings_with_env(monkeypatch, image_env))
@@ -307,6 +311,8 @@ def test_container_command_serves_and_passes_its_healthcheck(
     assert listening["http_port"] == ports["http"]
     assert listening["admin_port"] == ports["admin"]
     assert [ln["exit_code"] for ln in lines if ln.get("event") == "shutdown complete"] == [0]
+    sink = workdir / image_env["SERVICE_PIPELINE__SINK_PATH"]
+    assert [json.loads(ln)["id"] for ln in sink.read_text().splitlines()] == accepted["ids"]
 
 
 # -- docker-compose.yml ------------------------------------------------------------
@@ -513,14 +519,19 @@ def _drive_traffic(http_port: int, tcp_port: int) -> None:
         assert conn.recv(64).startswith(b"PONG")
 
 
-def http_post_json(url: str, body: Any) -> int:
+def http_post_json(url: str, body: Any) -> tuple[int, Any]:
+    """POST a JSON body; the status and the decoded JSON answer (None if not JSON)."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status)
+            status, raw = int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
 
 
 def _prometheus_api(port: int, path: str, **params: str) -> Any:
