@@ -107,6 +107,8 @@ class ServiceProcess:
         code = self.proc.wait(timeout)
         if self._reader is not None:
             self._reader.join(5)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()  # else a ResourceWarning (an error under pytest)
         return code
 
     def stop(self, timeout: float = 30.0) -> int:
