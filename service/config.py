@@ -123,6 +123,9 @@ class DownstreamSettings(Section):
     max_response_bytes: PositiveInt = 1_048_576
     retry_attempts: Annotated[int, Field(ge=1, le=3)] = 3
     retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # Full-jitter backoff: retry n sleeps uniform(0, min(max, base * 2**(n-1))).
+    retry_backoff_seconds: NonNegativeFloat = 0.025
+    retry_backoff_max_seconds: NonNegativeFloat = 0.25
     breaker_failures: PositiveInt = 5
     breaker_reset_seconds: PositiveFloat = 5.0
     bulkhead: PositiveInt = 64

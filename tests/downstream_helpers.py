@@ -1,0 +1,77 @@
+"""Shared by the downstream tests: in-process stubs on real sockets, clients wired to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from service import stub
+from service.config import DownstreamSettings
+from service.downstream.client import DownstreamClient
+from service.metrics import Metrics
+from tests.conftest import make_settings
+
+
+@dataclass
+class Stub:
+    app: web.Application
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stats(self) -> stub.Stats:
+        return self.app[stub.STATS]
+
+    @property
+    def knobs(self) -> stub.Knobs:
+        return self.app[stub.KNOBS]
+
+
+@contextlib.asynccontextmanager
+async def running_stub(name: str, **knobs: float) -> AsyncIterator[Stub]:
+    app = stub.create_app(name, stub.Knobs(**knobs), seed=1)
+    async with stub.serving(app) as port:
+        yield Stub(app, port)
+
+
+@contextlib.asynccontextmanager
+async def running_stubs(**orders_knobs: float) -> AsyncIterator[tuple[Stub, Stub]]:
+    async with running_stub("users") as users, running_stub("orders", **orders_knobs) as orders:
+        yield users, orders
+
+
+def downstream_settings(users: Stub, orders: Stub, **overrides: Any) -> DownstreamSettings:
+    values: dict[str, Any] = {"users_url": users.url, "orders_url": orders.url, **overrides}
+    return make_settings(downstream=values).downstream
+
+
+async def started_client(name: str, url: str, **overrides: Any) -> DownstreamClient:
+    """A started client of ``url`` (close it); ``overrides`` are downstream settings."""
+    values: dict[str, Any] = {"users_url": url, "orders_url": url, **overrides}
+    client = DownstreamClient(name, url, make_settings(downstream=values).downstream, Metrics())
+    await client.start()
+    return client
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll ``cond`` until true or ``timeout``; the result of the last check."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
