@@ -10,16 +10,15 @@ ARG PYTHON_IMAGE=python:3.13.9-slim-bookworm
 # --- builder: resolve and install the dependencies into a self-contained venv ---
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
-# The venv has no pip of its own (the base image's pip installs into it), so
-# the final image carries no installer.
+    PIP_NO_CACHE_DIR=1
+# The venv has no pip of its own (the base image's pip installs into it with
+# --python), so the final image carries no installer. pip compiles the
+# bytecode here, once: the read-only root filesystem could not take it later.
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install --no-cache-dir --python /opt/venv/bin/python . \
-    && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+RUN pip --python /opt/venv/bin/python install --no-cache-dir .
 
 # --- final: the venv, a non-root user, nothing else ---
 FROM ${PYTHON_IMAGE}
