@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service.config import Settings
-from service.keys import ACCESS_LOG, METRICS, OFFLOAD, SETTINGS, STATE, TCP_SERVER
+from service.enrich import LocalUsers
+from service.keys import ACCESS_LOG, METRICS, OFFLOAD, PIPELINE, SETTINGS, SINK, STATE, TCP_SERVER
 from service.log import AccessLog
 from service.metrics import Metrics
 from service.middleware import make_middleware
 from service.monitor import monitoring
 from service.offload import Offload
-from service.routes import hash, health
+from service.pipeline import Pipeline
+from service.routes import events, hash, health
+from service.sinks import make_sink
 from service.state import ServiceState
 from service.tcp import TcpServer
 
@@ -44,7 +47,9 @@ def create_app(
 
     app.cleanup_ctx.append(_monitoring)
     app.cleanup_ctx.append(_offload)
+    app.cleanup_ctx.append(_pipeline)
     app.cleanup_ctx.append(_tcp_server)  # last: it feeds the pipeline
+    events.setup(app)
     health.setup(app)
     hash.setup(app)
     return app
@@ -66,10 +71,25 @@ async def _offload(app: web.Application) -> AsyncIterator[None]:
     await offload.close(s.shutdown.cancel_seconds / 2)
 
 
+async def _pipeline(app: web.Application) -> AsyncIterator[None]:
+    # Registered as a Drain: the lifecycle drains it in shutdown step 4, before
+    # this context closes it (and the sink) in step 5.
+    # Enrichment uses the in-process LocalUsers until it is switched to
+    # app[DOWNSTREAM].users (same UserLookup interface).
+    s = app[SETTINGS]
+    sink = app.get(SINK)
+    if sink is None:
+        sink = make_sink(s.pipeline, executor=app[OFFLOAD].io)
+    async with Pipeline(s.pipeline, app[METRICS], LocalUsers(), sink) as pipeline:
+        app[PIPELINE] = pipeline
+        app[STATE].drains.append(pipeline)
+        yield
+
+
 async def _tcp_server(app: web.Application) -> AsyncIterator[None]:
     # The lifecycle starts and stops it as a Listener; this only owns the object.
-    # Until the pipeline provides an intake, events are acknowledged by LocalIntake.
-    server = TcpServer(app[SETTINGS].tcp, app[METRICS])
+    # Events it acknowledges go to the pipeline's intake.
+    server = TcpServer(app[SETTINGS].tcp, app[METRICS], intake=app[PIPELINE])
     app[TCP_SERVER] = server
     app[STATE].listeners.append(server)
     yield

@@ -8,6 +8,8 @@ from service.config import Settings
 from service.log import AccessLog
 from service.metrics import Metrics
 from service.offload import Offload
+from service.pipeline import Pipeline
+from service.sinks import Sink
 from service.state import ServiceState
 from service.tcp import TcpServer
 
@@ -17,3 +19,6 @@ STATE = web.AppKey("state", ServiceState)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 OFFLOAD = web.AppKey("offload", Offload)
 TCP_SERVER = web.AppKey("tcp_server", TcpServer)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+# Set before start-up to replace the backend `pipeline.sink` names (tests stall the sink).
+SINK: web.AppKey[Sink] = web.AppKey("sink")

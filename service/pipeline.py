@@ -1,0 +1,425 @@
+"""The event pipeline: bounded queues and owned workers, ingest -> enrich -> sink.
+
+::
+
+    offer*() --> ingest queue --> N enrich workers --> enrich queue --> sink writer --> Sink
+    (ack = id)   (ingest_capacity)  (UserLookup)       (enrich_capacity)  (batches,     (durable)
+                                                                          fsync)   --> StreamHub
+
+An event is *acknowledged* (its id handed to the client) once it is in the
+ingest queue, and *delivered* once the sink has made its batch durable.
+Everything between the two is bounded: when the ingest queue is full,
+intake refuses (HTTP 429, TCP stops reading then ``ERR overloaded``) instead
+of buffering more, so memory stays flat however hard clients push.
+
+Nothing acknowledged is lost on purpose: an enrichment failure writes the
+event unenriched (``"enrichment": "failed"``), a failed sink write is
+retried whole (the sink leaves no partial batch), and :meth:`Pipeline.drain`
+(shutdown step 4) stops intake, lets every queue empty through the workers,
+fsyncs and only then lets the workers end, each on a stop marker queued
+behind the last event. What cannot be delivered within the drain budget is
+counted as ``dropped``, which makes the exit code 1.
+
+The workers run in a TaskGroup owned by one dedicated task
+(``pipeline:run``), not by the app's cleanup context: a TaskGroup cancels
+its *parent* when a child fails, and the parent of a cleanup context is
+the service's main task. Workers also catch per-item errors, so one bad
+event can never stop a stage.
+
+This module must not accept work while draining and must not know the
+transports: HTTP and TCP use the intake methods and map
+:class:`~service.errors.IntakeFull` / :class:`~service.errors.IntakeClosed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections import deque
+from types import TracebackType
+from typing import Any
+
+from service.config import PipelineSettings
+from service.enrich import Enrichment, UserLookup, encode_record
+from service.errors import IntakeClosed, IntakeFull
+from service.events import Event
+from service.log import get_logger
+from service.metrics import Metrics
+from service.sinks import Sink, SinkLine
+from service.stream import StreamHub
+
+log = get_logger("service.pipeline")
+
+# Queue items; ``None`` is the stop marker a worker ends on.
+_Ingested = tuple[str, Event, float]  # id, event, acknowledged at (monotonic)
+_Enriched = tuple[SinkLine, float]  # the encoded line, acknowledged at
+
+RETRY_AFTER_SECONDS = 1
+_SINK_RETRY_FIRST, _SINK_RETRY_MAX = 0.05, 2.0
+_ENRICHMENTS: tuple[Enrichment, ...] = ("ok", "unknown_user", "failed", "skipped")
+
+
+class EventIds:
+    """Unique, cheap, roughly time-ordered ids: start time + random per process, then a counter.
+
+    The random part keeps ids of a restarted process (same second, same
+    sink file) from colliding with the previous run's.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = f"{int(time.time()):08x}{os.urandom(4).hex()}-"
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+class Pipeline:
+    """The running pipeline; ``async with`` it (opens the sink, starts and stops the workers)."""
+
+    name = "pipeline"
+
+    def __init__(
+        self, settings: PipelineSettings, metrics: Metrics, users: UserLookup, sink: Sink
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self._users = users
+        self._ingest: asyncio.Queue[_Ingested | None] = asyncio.Queue(settings.ingest_capacity)
+        self._enriched: asyncio.Queue[_Enriched | None] = asyncio.Queue(settings.enrich_capacity)
+        self._ids = EventIds()
+        self.hub = StreamHub(metrics, settings.subscriber_buffer)
+        self._closed = True  # until started
+        self._drained = False
+        self._skip_enrichment = False
+        self._runner: asyncio.Task[None] | None = None
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._wall_offset = time.time() - time.monotonic()
+        self._last_enrich_error = 0.0
+        self.accepted = 0
+        self.delivered = 0
+
+        for stage, queue in (("ingest", self._ingest), ("enrich", self._enriched)):
+            metrics.queue_depth.set_function(queue.qsize, stage)
+            metrics.queue_capacity.labels(stage).set(queue.maxsize)
+        events = metrics.pipeline_events
+        self._m_accepted = events.labels("ingest", "accepted")
+        self._m_enriched = {e: events.labels("enrich", e) for e in _ENRICHMENTS}
+        self._m_delivered = events.labels("sink", "delivered")
+        self._m_dropped = events.labels("sink", "dropped")
+        self._m_rejected = {r: metrics.pipeline_rejected.labels(r)
+                            for r in ("full", "closed", "invalid")}
+        self._m_latency = metrics.pipeline_latency.labels()
+        backend = sink.backend
+        self._m_batch = metrics.sink_batch.labels(backend)
+        self._m_write = metrics.sink_write.labels(backend)
+        self._m_failures = metrics.sink_failures.labels(backend)
+
+    # -- resource ------------------------------------------------------------
+    async def __aenter__(self) -> Pipeline:
+        await self.sink.open()
+        self._closed = False
+        self._runner = asyncio.create_task(self._run(), name="pipeline:run")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop at once, then close the sink; what is still queued is dropped (drain first)."""
+        self._closed = True
+        runner = self._runner
+        try:
+            if runner is not None and not runner.done():
+                runner.cancel()
+                await asyncio.wait([runner])
+        finally:
+            await self.sink.close()
+
+    @property
+    def closed(self) -> bool:
+        """True while intake is refused: before start, while draining, after a failure."""
+        return self._closed
+
+    @property
+    def healthy(self) -> bool:
+        running = self._runner is not None and not self._runner.done()
+        return running and self.sink.healthy
+
+    # -- intake (HTTP and TCP) ----------------------------------------------
+    def offer_nowait(self, event: Event) -> str:
+        """Enqueue one validated event and return its id, or raise IntakeFull / IntakeClosed."""
+        if self._closed:
+            self._m_rejected["closed"].inc()
+            raise IntakeClosed
+        if self._ingest.full():
+            self._m_rejected["full"].inc()
+            raise IntakeFull(1, RETRY_AFTER_SECONDS)
+        event_id = self._ids.new()
+        self._ingest.put_nowait((event_id, event, time.monotonic()))
+        self.accepted += 1
+        self._m_accepted.value += 1
+        return event_id
+
+    def offer_batch_nowait(self, events: list[Event]) -> list[str]:
+        """Enqueue all of ``events`` or none of them (IntakeFull / IntakeClosed)."""
+        n = len(events)
+        if self._closed:
+            self._m_rejected["closed"].inc(n)
+            raise IntakeClosed
+        queue = self._ingest
+        if n > queue.maxsize - queue.qsize():
+            self._m_rejected["full"].inc(n)
+            raise IntakeFull(n, RETRY_AFTER_SECONDS)
+        now = time.monotonic()
+        new_id, put = self._ids.new, queue.put_nowait
+        ids = []
+        for event in events:
+            event_id = new_id()
+            put((event_id, event, now))
+            ids.append(event_id)
+        self.accepted += n
+        self._m_accepted.value += n
+        return ids
+
+    async def offer(self, event: Event, timeout: float) -> str:
+        """Like :meth:`offer_nowait`, but wait up to ``timeout`` seconds for room (TCP)."""
+        if not self._closed and self._ingest.full():
+            # Wait for a worker to free a slot (one waiter woken per slot, in
+            # order); a drain wakes every waiter to refuse it with IntakeClosed.
+            # Nothing is queued before the final offer_nowait, so a cancelled
+            # or timed-out wait leaves the event not taken.
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(timeout):
+                    while not self._closed and self._ingest.full():
+                        waiter = loop.create_future()
+                        self._room_waiters.append(waiter)
+                        try:
+                            await waiter
+                        finally:
+                            if not waiter.done():
+                                waiter.cancel()
+                                self._room_waiters.remove(waiter)
+            except TimeoutError:
+                self._m_rejected["full"].inc()
+                raise IntakeFull(1, RETRY_AFTER_SECONDS) from None
+        return self.offer_nowait(event)
+
+    def _wake_room_waiter(self) -> None:
+        waiters = self._room_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _wake_all_room_waiters(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def full(self) -> bool:
+        """True while the ingest queue has no room for one more event."""
+        return self._ingest.full()
+
+    def ensure_room(self) -> None:
+        """Raise IntakeClosed / IntakeFull now if no event could be taken (a pre-check)."""
+        if self._closed:
+            self._m_rejected["closed"].inc()
+            raise IntakeClosed
+        if self._ingest.full():
+            self._m_rejected["full"].inc()
+            raise IntakeFull(1, RETRY_AFTER_SECONDS)
+
+    def count_invalid(self, n: int = 1) -> None:
+        """Count events a transport refused as malformed (they never reach a queue)."""
+        self._m_rejected["invalid"].inc(n)
+
+    # -- workers ---------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                enrichers = [
+                    tg.create_task(self._enrich_worker(), name=f"pipeline:enrich-{i}")
+                    for i in range(self.settings.enrich_workers)
+                ]
+                tg.create_task(self._sink_writer(), name="pipeline:sink")
+                await asyncio.wait(enrichers)
+                # Every enricher has ended on its stop marker: nothing more can
+                # reach the enrich queue, so the writer's marker goes last.
+                await self._enriched.put(None)
+        except Exception:
+            # A bug in a worker (per-item errors are handled inside them): refuse
+            # intake from now on rather than acknowledge events nobody will write.
+            self._closed = True
+            self._wake_all_room_waiters()
+            log.exception("pipeline stopped: a worker failed", accepted=self.accepted,
+                          delivered=self.delivered)
+
+    async def _enrich_worker(self) -> None:
+        get, done = self._ingest.get, self._ingest.task_done
+        put = self._enriched.put
+        lookup = self._users.get_user
+        outcomes = self._m_enriched
+        while True:
+            item = await get()
+            if self._room_waiters:
+                self._wake_room_waiter()
+            try:
+                if item is None:
+                    return
+                event_id, event, acked = item
+                user: dict[str, Any] | None = None
+                outcome: Enrichment
+                if self._skip_enrichment:
+                    outcome = "skipped"
+                else:
+                    try:
+                        user = await lookup(event["user_id"])
+                        outcome = "ok" if user is not None else "unknown_user"
+                    except Exception as exc:  # CancelledError is not an Exception
+                        outcome = "failed"
+                        self._enrich_failed(exc)
+                received = acked + self._wall_offset
+                try:
+                    data = encode_record(event_id, event, received, user, outcome)
+                except TypeError:  # orjson.JSONEncodeError: the user record is not JSON
+                    outcome = "failed"
+                    data = encode_record(event_id, event, received, None, outcome)
+                outcomes[outcome].value += 1
+                await put((SinkLine(event_id, data), acked))
+            except Exception:
+                # Not reachable with a validated event; if it is, lose this one
+                # event (counted as dropped at the end), never the worker.
+                log.exception("event could not be enriched nor encoded: dropped")
+            finally:
+                done()
+
+    def _enrich_failed(self, exc: Exception) -> None:
+        # At most one line a second: a downstream outage must not flood the log.
+        now = time.monotonic()
+        if now - self._last_enrich_error >= 1.0:
+            self._last_enrich_error = now
+            log.warning("user lookup failed: writing events unenriched",
+                        error=f"{type(exc).__name__}: {exc}")
+
+    async def _sink_writer(self) -> None:
+        queue = self._enriched
+        size, interval = self.settings.batch_size, self.settings.flush_interval
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            item = await queue.get()
+            if item is None:
+                queue.task_done()
+                break
+            batch = [item]
+            deadline = loop.time() + interval
+            # A batch ends when full, when the flush interval since its first
+            # event is over, or at the stop marker.
+            while len(batch) < size:
+                if queue.empty():
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        async with asyncio.timeout(remaining):
+                            item = await queue.get()
+                    except TimeoutError:
+                        break
+                else:
+                    item = queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._deliver(batch)
+            for _ in range(len(batch) + stopping):
+                queue.task_done()
+        await self.sink.flush()
+
+    async def _deliver(self, batch: list[_Enriched]) -> None:
+        """Write one batch until the sink takes it (retrying whole), then account for it."""
+        lines = [line for line, _ in batch]
+        delay = _SINK_RETRY_FIRST
+        while True:
+            started = time.perf_counter()
+            try:
+                await self.sink.write_batch(lines)
+                break
+            except Exception as exc:
+                self._m_failures.inc()
+                log.error("sink write failed: retrying the batch",  # noqa: TRY400 - one line backend=self.sink.backend,
+                          events=len(lines), retry_in=delay,
+                          error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _SINK_RETRY_MAX)
+        now = time.monotonic()
+        self._m_write.observe(time.perf_counter() - started)
+        self._m_batch.observe(len(lines))
+        observe = self._m_latency.observe
+        for _, acked in batch:
+            observe(now - acked)
+        self.delivered += len(lines)
+        self._m_delivered.value += len(lines)
+        if len(self.hub):
+            try:
+                self.hub.publish([line.data for line in lines])
+            except Exception:
+                log.exception("publishing to stream subscribers failed")
+
+    # -- shutdown ------------------------------------------------------------
+    async def drain(self, timeout: float) -> None:
+        """Shutdown step 4: stop intake, deliver everything acknowledged, fsync, stop workers.
+
+        Half the budget is spent with enrichment as usual; if events are still
+        queued then (a slow or hanging downstream), the rest is written
+        unenriched (``"enrichment": "skipped"``) so that it is not lost.
+        """
+        if self._drained:
+            return
+        self._closed = True
+        self._wake_all_room_waiters()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        runner = self._runner
+        if runner is not None and not runner.done():
+            stopper = asyncio.create_task(self._stop_workers(runner), name="pipeline:drain")
+            done, _ = await asyncio.wait([stopper], timeout=timeout / 2)
+            if not done:
+                self._skip_enrichment = True
+                log.warning("pipeline drain is slow: writing the rest unenriched",
+                            queued=self._ingest.qsize() + self._enriched.qsize())
+                done, _ = await asyncio.wait([stopper], timeout=timeout - timeout / 2)
+            if not done:
+                log.error("pipeline drain timed out: giving up on the rest",
+                          timeout=timeout, queued=self._ingest.qsize() + self._enriched.qsize())
+                for task in (stopper, runner):
+                    task.cancel()
+                await asyncio.wait([stopper, runner])
+        try:
+            await self.sink.flush()
+        except Exception:
+            log.exception("final sink flush failed")
+        self._drained = True
+        dropped = self.accepted - self.delivered
+        self._m_dropped.inc(dropped)
+        log.info("pipeline drained", accepted=self.accepted, delivered=self.delivered,
+                 dropped=dropped, seconds=round(loop.time() - began, 3))
+
+    async def _stop_workers(self, runner: asyncio.Task[None]) -> None:
+        # The markers queue up behind every acknowledged event (intake is closed).
+        for _ in range(self.settings.enrich_workers):
+            await self._ingest.put(None)
+        await asyncio.wait([runner])
+
+    def summary(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "delivered": self.delivered,
+                "dropped": self.accepted - self.delivered}

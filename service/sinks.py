@@ -1,0 +1,216 @@
+"""Where delivered events end up: the :class:`Sink` interface and the file backend.
+
+The pipeline's sink writer hands a backend whole batches of encoded lines
+and counts an event as *delivered* only when ``write_batch`` has returned,
+so a backend must make the batch durable before returning (the file backend
+writes and fsyncs; a Redis backend would wait for the ``XADD`` replies). A
+backend never sees a half-built batch and never has to retry: when
+``write_batch`` raises, it must leave no part of the batch behind (the file
+backend truncates back to where the batch began), and the pipeline retries
+the whole batch later. That is what makes "every acknowledged event exactly
+once" hold across write errors.
+
+Blocking file I/O runs in a thread (the given executor, or the loop's default
+one through ``asyncio.to_thread``), one call at a time under a lock, so a
+write still running in its thread when the writer task is cancelled can
+never interleave with ``close``.
+
+A crash can leave a torn last line (a partial ``write``, or a power loss
+before the page cache reached the disk). :func:`set_aside_torn_tail` finds
+it at start-up, moves the torn bytes to a side file next to the sink, logs
+it, and truncates the sink to its last complete line, so new lines are never
+appended to a fragment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import NamedTuple, Protocol, TypeVar
+
+from service.config import PipelineSettings
+from service.errors import ConfigError
+from service.log import get_logger
+
+log = get_logger("service.sinks")
+
+T = TypeVar("T")
+
+_TAIL_CHUNK = 64 * 1024
+
+
+class SinkLine(NamedTuple):
+    """One delivered event: its id and its JSON object, encoded, without a line ending."""
+
+    id: str
+    data: bytes
+
+
+class Sink(Protocol):
+    """A durable destination for batches of encoded events.
+
+    ``backend`` names it in metrics (``sink_write_duration_seconds{backend}``).
+    Use it as ``open()`` ... ``close()`` (the pipeline does); every method may
+    be called from the event loop and must not block it.
+    """
+
+    backend: str
+
+    async def open(self) -> None:
+        """Connect or open the file, recovering what an earlier crash left behind."""
+
+    async def write_batch(self, lines: Sequence[SinkLine]) -> None:
+        """Store every line durably, or raise and store none of them."""
+
+    async def flush(self) -> None:
+        """A durability point for everything written so far (fsync on shutdown)."""
+
+    async def close(self) -> None:
+        """Flush and release the backend; no call may follow."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the backend is failing (the last write or flush raised)."""
+
+
+class FileSink:
+    """JSON lines appended to one file, fsynced on every batch boundary."""
+
+    backend = "file"
+
+    def __init__(self, path: Path, executor: Executor | None = None) -> None:
+        self.path = path
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._healthy = True
+        self.set_aside = 0  # torn bytes moved out of the way at open
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            return await asyncio.to_thread(fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def write_batch(self, lines: Sequence[SinkLine]) -> None:
+        try:
+            await self._run(functools.partial(self._write, lines))
+        except Exception:
+            self._healthy = False
+            raise
+        self._healthy = True
+
+    async def flush(self) -> None:
+        await self._run(self._sync)
+
+    async def close(self) -> None:
+        await self._run(self._close)
+
+    # -- in the thread -------------------------------------------------------
+    def _open(self) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.set_aside = set_aside_torn_tail(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._size = os.fstat(self._fd).st_size
+
+    def _write(self, lines: Sequence[SinkLine]) -> None:
+        data = b"\n".join([line.data for line in lines]) + b"\n"
+        with self._lock:
+            fd = self._require_fd()
+            start = self._size
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except BaseException:
+                # Leave nothing of this batch behind: the pipeline retries it whole.
+                # (After a failed fsync the page cache is suspect too, so the
+                # bytes are rewritten rather than trusted.)
+                os.ftruncate(fd, start)
+                raise
+            self._size = start + len(data)
+
+    def _sync(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"sink {self.path} is not open")
+        return self._fd
+
+
+def make_sink(settings: PipelineSettings, executor: Executor | None = None) -> Sink:
+    """The backend ``pipeline.sink`` names."""
+    if settings.sink == "file":
+        return FileSink(settings.sink_path, executor)
+    raise ConfigError("pipeline.sink", f"the {settings.sink!r} backend is not available yet")
+
+
+def set_aside_torn_tail(path: Path) -> int:
+    """Move bytes after the last newline of ``path`` to a side file; return their count.
+
+    Only the tail can be torn: the file is append-only and written one whole
+    batch at a time. The side file (``<name>.torn-<unix time>``) keeps the
+    bytes for a human to look at; the sink itself ends with a complete line.
+    """
+    try:
+        fh = path.open("r+b")
+    except FileNotFoundError:
+        return 0
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        keep, pos = 0, size
+        while pos > 0:
+            start = max(0, pos - _TAIL_CHUNK)
+            fh.seek(start)
+            found = fh.read(pos - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            pos = start
+        fh.seek(keep)
+        torn = fh.read()
+        side = path.with_name(f"{path.name}.torn-{time.time_ns()}")
+        with side.open("xb") as out:
+            out.write(torn)
+            out.flush()
+            os.fsync(out.fileno())
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("sink had a torn last line: set aside", path=str(path), bytes=len(torn),
+                kept_bytes=keep, side_file=str(side))
+    return len(torn)
