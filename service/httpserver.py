@@ -2,9 +2,9 @@
 
 aiohttp has no timeout for reading request headers: a client that trickles
 a header line keeps its connection (and a slot) forever, the slowloris
-attack. :class:`HeaderTimeoutHandler` starts a timer when the first bytes of
-a request arrive and closes the connection if the header block is not
-complete within ``http.header_timeout``. A request body, and an idle
+attack. :class:`HeaderTimeoutHandler` starts a timer when a connection opens
+and when the first bytes of a later request arrive, and closes the connection
+if the header block is not complete within ``http.header_timeout``. A request body, and an idle
 keep-alive connection, are not affected (``keepalive_timeout`` covers idle).
 """
 
@@ -41,6 +41,12 @@ class HeaderTimeoutHandler(RequestHandler):
         self._header_deadline: asyncio.TimerHandle | None = None
         self._messages_seen = 0
         self._body_open: Any = None  # the payload of the last request, while unread
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # A connection that never sends a byte holds a slot just the same (nginx's
+        # client_header_timeout also counts from the connect).
+        self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_late)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
