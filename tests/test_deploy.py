@@ -118,11 +118,12 @@ def shutdown_budget(settings: Settings) -> float:
 
 
 def settings_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> Settings:
-    """The settings the service would load from config/default.toml and ``env``."""
+    """The settings the service would load from config/default.toml and ``env``'s settings."""
     for key in [k for k in os.environ if k.startswith("SERVICE_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
-        monkeypatch.setenv(key, str(value))
+        if key.startswith("SERVICE_"):
+            monkeypatch.setenv(key, str(value))
     return load_settings(ROOT / "config" / "default.toml")
 
 
