@@ -317,8 +317,7 @@ def test_container_command_serves_and_passes_its_healthcheck(
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert code == 0, output
     [listening] = [ln for ln in lines if ln.get("event") == "listening"]
-    assert listening["http_port"] == ports["http"]
-    assert listening["admin_port"] == ports["admin"]
+    assert {name: listening.get(f"{name}_port") for name in ports} == ports
     assert [ln["exit_code"] for ln in lines if ln.get("event") == "shutdown complete"] == [0]
     sink = workdir / image_env["SERVICE_PIPELINE__SINK_PATH"]
     assert [json.loads(ln)["id"] for ln in sink.read_text().splitlines()] == accepted["ids"]
