@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import AdminSettings, Settings, load_settings
+from service.config import AdminSettings, HttpSettings, Settings, load_settings
 from tests.helpers import IN_CI, ROOT, free_port, http_get, require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -388,6 +388,9 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     assert entry[0] == "service"
     args = parser.parse_args([*entry[1:], *loadtest["command"]])
     assert args.command == "loadtest"
+    assert args.scenario == "mixed", "drive the demo endpoints, not GET /"
+    url = urllib.parse.urlsplit(args.address)
+    assert (url.hostname, url.port) == ("service", HttpSettings().port)
 
 
 def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
