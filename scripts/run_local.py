@@ -1,0 +1,106 @@
+"""`make run`: the downstream stubs and the service, in the foreground, on the defaults.
+
+Starts ``service stub --name users`` and ``--name orders`` on the ports of
+``downstream.users_url`` / ``downstream.orders_url`` (8091 and 8092 unless
+``SERVICE_DOWNSTREAM__*_URL`` say otherwise), then ``service serve`` with the
+same environment and any arguments given here (e.g. ``--config FILE``).
+
+The children run in their own process group, so a Ctrl-C in the terminal
+reaches the service exactly once, forwarded from here: the first signal runs
+the graceful shutdown, a second one exits at once (SPEC.md). When the service
+has exited the stubs are stopped, and this script exits with the service's
+exit code. A stub that cannot start (not implemented, port taken) is reported
+and skipped: the service still runs, and its downstream calls fail as they
+would in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import FrameType
+from urllib.parse import urlsplit
+
+STUBS = {"users": ("SERVICE_DOWNSTREAM__USERS_URL", 8091),
+         "orders": ("SERVICE_DOWNSTREAM__ORDERS_URL", 8092)}
+
+
+def say(message: str) -> None:
+    print(f"run_local: {message}", file=sys.stderr, flush=True)
+
+
+def stub_port(env_key: str, default: int) -> int:
+    url = os.environ.get(env_key)
+    if not url:
+        return default
+    return urlsplit(url).port or default
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def start_stub(name: str, port: int, timeout: float = 10.0) -> subprocess.Popen[bytes] | None:
+    """Start one stub and wait until it accepts; ``None`` (reported) if it cannot start."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "stub", "--name", name, "--port", str(port)],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            say(f"stub {name!r} exited with {proc.returncode}; running the service without it")
+            return None
+        if _accepting(port):
+            say(f"stub {name!r} listening on 127.0.0.1:{port}")
+            return proc
+        time.sleep(0.05)
+    say(f"stub {name!r} did not listen on {port} in {timeout:.0f}s; running without it")
+    stop(proc)
+    return None
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    stubs = [p for name, (key, default) in STUBS.items()
+             if (p := start_stub(name, stub_port(key, default))) is not None]
+    service = subprocess.Popen([sys.executable, "-m", "service", "serve", *argv],
+                               start_new_session=True)
+
+    def forward(sig: int, _frame: FrameType | None) -> None:
+        if service.poll() is None:
+            service.send_signal(sig)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        code = service.wait()
+    finally:
+        if service.poll() is None:  # only if waiting itself failed
+            service.kill()
+            service.wait()
+        for proc in stubs:
+            stop(proc)
+    say(f"service exited with {code}")
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
