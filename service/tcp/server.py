@@ -14,7 +14,8 @@ cheap, ten thousand of them re-armed on every line are not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.config import TcpSettings
@@ -57,7 +58,8 @@ class TcpServer:
         self._rejected = metrics.tcp_connections.labels("rejected")
         metrics.tcp_active.set_function(lambda: self.active)
         self._server: asyncio.Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The loop's clock, bound once: it is read on every read from every client.
+        self.now: Callable[[], float] = time.monotonic
         self._tasks: set[asyncio.Task[None]] = set()
         self._deadline: float | None = None
         self.linger = LINGER_SECONDS  # see service.tcp.connection: lingering close
@@ -66,7 +68,8 @@ class TcpServer:
 
     # -- Listener -------------------------------------------------------------
     async def start(self) -> list[tuple[str, int]]:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self.now = loop.time
         s = self.settings
         self._server = await loop.create_server(
             lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True)
@@ -130,10 +133,6 @@ class TcpServer:
         self._server = None
 
     # -- used by connections -----------------------------------------------------
-    def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
-
     def wait_deadline(self) -> float | None:
         """When a wait for room must give up: never before shutdown, then before the end."""
         return None if self._deadline is None else self._deadline - SHUTDOWN_MARGIN
