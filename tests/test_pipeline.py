@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +15,8 @@ from service.errors import IntakeClosed, IntakeFull
 from service.events import Event
 from service.metrics import Metrics
 from service.pipeline import EventIds, Pipeline
-from service.sinks import FileSink, SinkLine
-
-
-class MemorySink:
-    """A fake sink: keeps lines in memory; can be stalled, or made to fail N times."""
-
-    backend = "memory"
-
-    def __init__(self, fail_times: int = 0) -> None:
-        self.lines: list[SinkLine] = []
-        self.batches: list[int] = []
-        self.running = asyncio.Event()
-        self.running.set()
-        self.fail_times = fail_times
-        self.flushes = 0
-        self.closed = False
-
-    @property
-    def healthy(self) -> bool:
-        return self.fail_times == 0
-
-    async def open(self) -> None:
-        pass
-
-    async def write_batch(self, lines: Sequence[SinkLine]) -> None:
-        await self.running.wait()
-        if self.fail_times:
-            self.fail_times -= 1
-            raise OSError(28, "No space left on device")
-        self.lines.extend(lines)
-        self.batches.append(len(lines))
-
-    async def flush(self) -> None:
-        self.flushes += 1
-
-    async def close(self) -> None:
-        self.closed = True
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line.data) for line in self.lines]
+from service.sinks import FileSink
+from tests.pipeline_helpers import MemorySink
 
 
 class FailingUsers:
