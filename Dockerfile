@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY service ./service
+COPY service/ ./service/
 RUN pip --python /opt/venv/bin/python install --no-cache-dir .
 
 # --- final: the venv, a non-root user, nothing else ---
@@ -30,11 +30,12 @@ COPY --from=builder /opt/venv /opt/venv
 # The working directory holds only the sink's data directory: mount a volume
 # there (compose: the `events` volume; k8s: an emptyDir) since the root
 # filesystem is read-only at run time.
-WORKDIR /srv/service
+WORKDIR /app
 RUN mkdir data && chown service:service data
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PYTHONSAFEPATH=1 \
     SERVICE_LOG__FORMAT=json \
     SERVICE_ADMIN__HOST=0.0.0.0 \
     SERVICE_PIPELINE__SINK_PATH=data/events.jsonl
@@ -44,9 +45,11 @@ USER 10001:10001
 EXPOSE 8080 8888 8081
 # Exec form: the Python process is PID 1's direct command and receives SIGTERM,
 # which starts the graceful shutdown of SPEC.md (a shell would swallow it).
+# `python -m service` is the console script (`make rename` renames both forms);
+# PYTHONSAFEPATH keeps the working directory off sys.path.
 STOPSIGNAL SIGTERM
 # No curl in the image: the standard library asks /readyz on the configured port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SERVICE_HTTP__PORT', '8080') + '/readyz', timeout=2)"]
-ENTRYPOINT ["service"]
+ENTRYPOINT ["python", "-m", "service"]
 CMD ["serve"]

@@ -40,7 +40,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "config" / "prometheus"
-SERVICE_JOB = "service"
 # The service's own shutdown budget is about 24 s with the defaults
 # (config/default.toml [shutdown]); wait a little longer before SIGKILL.
 SERVICE_STOP_TIMEOUT = 35.0
@@ -57,9 +56,9 @@ def prometheus_config(admin_target: str, scrape_interval: str = "5s") -> dict[st
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
     config["rule_files"] = [str(PROMETHEUS_DIR / f) for f in config.get("rule_files", [])]
-    for job in config["scrape_configs"]:
-        if job["job_name"] == SERVICE_JOB:
-            job["static_configs"] = [{"targets": [admin_target]}]
+    # The file scrapes one job, the service's admin port.
+    [job] = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [admin_target]}]
     return config
 
 

@@ -46,6 +46,9 @@ DASHBOARD = GRAFANA_DIR / "dashboards" / "service.json"
 K8S_DIR = ROOT / "deploy" / "k8s"
 # Time for the process itself around the shutdown steps (interpreter exit, log flush).
 SHUTDOWN_MARGIN = 5.0
+# The package and console script name: also the compose service and Prometheus job
+# (derived, so that the checks follow `make rename`).
+APP = build_parser().prog
 
 
 # -- parsing helpers -------------------------------------------------------------
@@ -229,7 +232,7 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root_and_signal_safe() -> Non
     assert user.isdigit()
     assert int(user) != 0
     assert instruction(final, "STOPSIGNAL") == "SIGTERM"
-    assert exec_form(instruction(final, "ENTRYPOINT")) == ["service"]
+    assert exec_form(instruction(final, "ENTRYPOINT")) == ["python", "-m", APP]
     assert exec_form(instruction(final, "CMD")) == ["serve"]
     health = healthcheck_command(final)
     assert not {"curl", "wget"} & set(health)
@@ -342,7 +345,7 @@ def test_compose_file_matches_the_compose_specification() -> None:
               for e in validator.iter_errors(doc)]
     assert errors == []
     # The schema is strict enough to catch a typo.
-    doc["services"]["service"]["stop_grace_perod"] = "35s"
+    doc["services"][APP]["stop_grace_perod"] = "35s"
     assert not validator.is_valid(doc)
 
 
@@ -350,7 +353,7 @@ def test_compose_services_are_hardened_healthy_and_ordered(
         monkeypatch: pytest.MonkeyPatch) -> None:
     doc = compose()
     services = doc["services"]
-    assert {"service", "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
+    assert {APP, "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
     for name, svc in services.items():
         assert svc.get("read_only") is True, name
         assert svc.get("cap_drop") == ["ALL"], name
@@ -361,14 +364,15 @@ def test_compose_services_are_hardened_healthy_and_ordered(
         for dep, cond in svc.get("depends_on", {}).items():
             assert cond == {"condition": "service_healthy"}, (name, dep)
             # The dependency must have a healthcheck (the service's is the image's).
-            assert dep == "service" or "test" in services[dep]["healthcheck"], dep
+            assert dep == APP or "test" in services[dep]["healthcheck"], dep
     # Only the public API is published; Prometheus reaches the admin port inside.
     admin_port = str(settings_with_env(monkeypatch, dockerfile_env(final_stage())).admin.port)
     for svc in services.values():
         assert not any(str(p).split(":")[-1] == admin_port for p in svc.get("ports", []))
     prom = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    [job] = [j for j in prom["scrape_configs"] if j["job_name"] == "service"]
-    assert job["static_configs"][0]["targets"] == [f"service:{admin_port}"]
+    [job] = prom["scrape_configs"]
+    assert job["job_name"] == APP
+    assert job["static_configs"][0]["targets"] == [f"{APP}:{admin_port}"]
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
@@ -380,22 +384,22 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     for name in ("users", "orders"):
         args = parser.parse_args(services[name]["command"])
         assert (args.command, args.name, args.host) == ("stub", name, "0.0.0.0")
-        url = urllib.parse.urlsplit(services["service"]["environment"]
+        url = urllib.parse.urlsplit(services[APP]["environment"]
                                     [f"SERVICE_DOWNSTREAM__{name.upper()}_URL"])
         assert (url.hostname, url.port) == (name, args.port)
     loadtest = services["loadtest"]
     entry = loadtest["entrypoint"]
-    assert entry[0] == "service"
-    args = parser.parse_args([*entry[1:], *loadtest["command"]])
+    assert entry[:3] == ["python", "-m", APP]
+    args = parser.parse_args([*entry[3:], *loadtest["command"]])
     assert args.command == "loadtest"
     assert args.scenario == "mixed", "drive the demo endpoints, not GET /"
     url = urllib.parse.urlsplit(args.address)
-    assert (url.hostname, url.port) == ("service", HttpSettings().port)
+    assert (url.hostname, url.port) == (APP, HttpSettings().port)
 
 
 def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    svc = compose()["services"]["service"]
+    svc = compose()["services"][APP]
     settings = settings_with_env(monkeypatch, {**dockerfile_env(final_stage()),
                                                **svc.get("environment", {})})
     budget = shutdown_budget(settings)
@@ -605,7 +609,7 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
                 break
             assert time.monotonic() < deadline, (must_scrape - known, health)
             time.sleep(0.5)
-        up = _prometheus_api(ports["prometheus"], "query", query='up{job="service"}')
+        up = _prometheus_api(ports["prometheus"], "query", query=f'up{{job="{APP}"}}')
         assert [r["value"][1] for r in up["result"]] == ["1"]
         assert set(health) == set(rule_exprs()), "every alert rule is loaded and evaluates"
         print("queried, not yet sampled (checked by # HELP):", sorted(queried - must_scrape))
