@@ -41,7 +41,10 @@ import contextvars
 import functools
 import math
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -58,6 +61,9 @@ log = get_logger("service.offload")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# Added to the nice value of CPU workers (see _lower_thread_priority).
+CPU_WORKER_NICE = 10
 
 # What a job sends back: its run time, whether it returned, and the value or error.
 _Outcome = tuple[float, bool, Any]
@@ -97,9 +103,26 @@ def _run_in_process(request_id: str | None, bound: dict[str, Any], fn: Callable[
     return _run_in_thread(ctx, call, ())
 
 
+def _lower_thread_priority() -> None:
+    """Give a CPU worker thread a lower scheduling priority than the loop thread.
+
+    On a saturated machine the loop competes with its own CPU workers for a
+    core; at nice +10 a worker weighs about a tenth of the loop thread (CFS
+    weights), so the loop wakes on time and the workers take what is left.
+    Linux keeps the nice value per thread (setpriority(2) with a thread id);
+    elsewhere that call would lower the whole process, loop included, so it
+    is not made.
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CPU_WORKER_NICE)
+
+
 def _init_worker_process(log_settings: LogSettings | None) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # no os.nice on Windows
+        os.nice(CPU_WORKER_NICE)  # the whole worker process, as for the threads above
     if log_settings is not None:
         from service import log as service_log
 
@@ -159,7 +182,8 @@ class Offload:
                 settings.cpu_workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker_process, initargs=(log_settings,))
         else:
-            self.cpu = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="offload-cpu")
+            self.cpu = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="offload-cpu",
+                                          initializer=_lower_thread_priority)
         self._io = _Pool("io", self.io, settings.io_workers, None, metrics)
         self._cpu = _Pool("cpu", self.cpu, settings.cpu_workers, settings.max_queued, metrics)
         self._pools = (self._io, self._cpu)

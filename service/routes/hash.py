@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from typing import Any
 
 import orjson
@@ -47,7 +48,8 @@ def scrypt_hex(data: bytes, salt: bytes, n: int) -> str:
     # scrypt needs 128 * r * n * p bytes; OpenSSL refuses more than 32 MiB unless told.
     digest = hashlib.scrypt(data, salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
                             maxmem=129 * SCRYPT_R * n * SCRYPT_P, dklen=DIGEST_BYTES).hex()
-    log.debug("hash computed", data_bytes=len(data), cost=n)
+    log.debug("hash computed", data_bytes=len(data), cost=n,
+              thread=threading.current_thread().name)
     return digest
 
 
