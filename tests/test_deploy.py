@@ -42,7 +42,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS_DIR = ROOT / "config" / "prometheus"
 GRAFANA_DIR = ROOT / "config" / "grafana"
-DASHBOARD = GRAFANA_DIR / "dashboards" / "service.json"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "overview.json"
 K8S_DIR = ROOT / "deploy" / "k8s"
 # Time for the process itself around the shutdown steps (interpreter exit, log flush).
 SHUTDOWN_MARGIN = 5.0
@@ -329,15 +329,15 @@ def test_container_command_serves_and_passes_its_healthcheck(
 # -- docker-compose.yml ------------------------------------------------------------
 
 def schemas_dir() -> Path:
-    return Path(os.environ.get("SERVICE_SCHEMAS_DIR", ROOT.parent / "shared" / "schemas"))
+    return Path(os.environ.get("CI_SCHEMAS_DIR", ROOT.parent / "shared" / "schemas"))
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
     path = schemas_dir() / "compose-spec.json"
     if not path.exists():
         if IN_CI:
-            pytest.fail(f"{path} is required in CI (SERVICE_SCHEMAS_DIR)")
-        pytest.skip(f"{path} not found: set SERVICE_SCHEMAS_DIR")
+            pytest.fail(f"{path} is required in CI (CI_SCHEMAS_DIR)")
+        pytest.skip(f"{path} not found: set CI_SCHEMAS_DIR")
     schema = json.loads(path.read_text())
     validator = jsonschema.Draft7Validator(schema)
     doc = compose()
@@ -463,9 +463,11 @@ def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
     } <= names
     # The provider loads the directory that compose mounts the dashboards into.
     [provider] = yaml.safe_load(
-        (GRAFANA_DIR / "provisioning" / "dashboards" / "service.yml").read_text())["providers"]
-    mounts = compose()["services"]["grafana"]["volumes"]
-    assert f"./config/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text())["providers"]
+    grafana = compose()["services"]["grafana"]
+    assert f"./config/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
 
 
 # -- Kubernetes ------------------------------------------------------------------------
