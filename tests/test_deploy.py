@@ -36,7 +36,7 @@ import yaml
 
 from service.cli import build_parser
 from service.config import AdminSettings, HttpSettings, Settings, load_settings
-from tests.helpers import IN_CI, ROOT, free_port, http_get, require_tool
+from tests.helpers import IN_CI, ROOT, free_port, http_get, parse_metrics, require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -596,8 +596,7 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
         _drive_traffic(ports["http"], ports["tcp"])
         _, _, body = http_get(f"http://127.0.0.1:{ports['admin']}/metrics")
         text = body.decode()
-        sampled = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-                   if line and not line.startswith("#")}
+        sampled = {sample.split("{")[0] for sample in parse_metrics(text)}
         helped = set(re.findall(r"^# HELP (\S+) ", text, re.M))
         queried = queried_metric_names()
         must_scrape = (queried & sampled) | {"up"}
