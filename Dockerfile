@@ -2,7 +2,7 @@
 # The service image: `docker build -t service:local .`, run by docker-compose.yml
 # and deploy/k8s/. The base is pinned to an exact patch release; pin it by digest
 # too before shipping (docs/container.md shows the one command).
-# tests/test_deploy.py starts the service with this file's ENTRYPOINT, CMD, ENV and
+# tests/deploy/test_dockerfile.py starts the service with this file's ENTRYPOINT, CMD, ENV and
 # WORKDIR and runs its HEALTHCHECK, so what is written here is what is tested.
 
 ARG PYTHON_IMAGE=python:3.13.9-slim-bookworm

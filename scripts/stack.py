@@ -12,7 +12,7 @@ The children run in their own sessions, so a Ctrl-C in the terminal reaches
 only this script, which then gives each child exactly one SIGTERM (a second
 signal would make the service skip its drain).
 
-tests/test_deploy.py runs this script with free ports and checks, through
+tests/deploy/test_monitoring.py runs this script with free ports and checks, through
 Prometheus' HTTP API, that every metric of the dashboard and the alerts exists.
 """
 
