@@ -333,6 +333,31 @@ async def test_a_closed_intake_says_bye_shutdown() -> None:
         writer.close()
 
 
+@pytest.mark.asyncio
+async def test_an_intake_bug_is_an_err_internal_and_the_connection_goes_on() -> None:
+    async with tcp_server() as running:
+        def broken(event: Event) -> str:
+            raise RuntimeError("bug")
+
+        running.intake.offer_nowait = broken  # type: ignore[method-assign]
+        got = await ask(running, EVENT + b"\nPING\n", 2)
+        assert got == ["ERR internal unexpected server error\n", "PONG\n"]
+
+
+@pytest.mark.asyncio
+async def test_a_half_closed_client_gets_every_answer_then_the_close() -> None:
+    async with tcp_server(overload_timeout=5) as running:
+        running.intake.full = True
+        reader, writer = await running.connect()
+        writer.write(b"PING\n" + EVENT + b"\nPING\nPING")
+        writer.write_eof()
+        await until(lambda: running.intake.offers_waiting == 1)
+        running.intake.make_room()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b"PONG\nOK id-1\nPONG\nPONG\n"
+        writer.close()
+
+
 # -- metrics ----------------------------------------------------------------------
 
 @pytest.mark.asyncio

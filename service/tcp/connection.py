@@ -265,6 +265,11 @@ class Connection(asyncio.Protocol):
             return None
         except IntakeClosed:
             return BYE_SHUTDOWN
+        except Exception:
+            # A bug behind the intake must not cost the connection its later answers.
+            log.exception("tcp: intake failed")
+            server.messages_error.value += 1
+            return ERR_INTERNAL
         server.messages_ok.value += 1
         return f"OK {event_id}\n".encode()
 

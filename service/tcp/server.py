@@ -165,7 +165,11 @@ class TcpServer:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_interval)
-            self._expire(self.now())
+            try:
+                self._expire(self.now())
+            except Exception:
+                # A dead sweeper would leave every timer unenforced; log and go on.
+                log.exception("tcp: sweep failed")
 
     def _expire(self, now: float) -> None:
         """Close idle clients, abort clients that stopped reading, end lingering closes."""
