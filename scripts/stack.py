@@ -10,7 +10,8 @@ the exit status is 1.
 
 The children run in their own sessions, so a Ctrl-C in the terminal reaches
 only this script, which then gives each child exactly one SIGTERM (a second
-signal would make the service skip its drain).
+signal would make the service skip its drain). On Linux each child also gets
+SIGTERM from the kernel if this script dies without cleaning up (SIGKILL).
 
 tests/deploy/test_monitoring.py runs this script with free ports and checks, through
 Prometheus' HTTP API, that every metric of the dashboard and the alerts exists.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -62,6 +64,19 @@ def prometheus_config(admin_target: str, scrape_interval: str = "5s") -> dict[st
     return config
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A child in its own session, that does not outlive this script."""
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
 def start_prometheus(workdir: Path, port: int, admin_target: str,
                      scrape_interval: str = "5s") -> subprocess.Popen[bytes]:
     """Debian's prometheus on 127.0.0.1:port, its config and TSDB under ``workdir``."""
@@ -70,18 +85,14 @@ def start_prometheus(workdir: Path, port: int, admin_target: str,
         raise SystemExit("stack: prometheus not found; `apt-get install prometheus` first")
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(prometheus_config(admin_target, scrape_interval)))
-    return subprocess.Popen(
-        [binary, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    return _spawn([binary, f"--config.file={config_file}",
+                   f"--storage.tsdb.path={workdir / 'tsdb'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``python -m service <args>`` in its own session (see the module docstring)."""
-    return subprocess.Popen([sys.executable, "-m", "service", *args], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return _spawn([sys.executable, "-m", "service", *args], env={**os.environ, **(env or {})})
 
 
 def wait_until(ready: Any, what: str, procs: dict[str, subprocess.Popen[bytes]],

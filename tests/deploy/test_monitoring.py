@@ -199,9 +199,13 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
         budget = shutdown_budget(settings_with_env(monkeypatch, {}))
         assert proc.wait(budget + 20) == 0, out.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # a failed assertion: stop the stack, not just the script
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.startswith("{")]
     assert [ln["exit_code"] for ln in lines if ln.get("event") == "shutdown complete"] == [0]
     assert lines[-1] == {"event": "stack stopped", "exit_code": 0}
