@@ -2,6 +2,7 @@
 
 * ``intake``: the :class:`Intake` protocol the server feeds (the pipeline
   implements it) and a stand-in that never fills up;
+* ``answers``: the fixed answers and safely built ``ERR`` lines;
 * ``connection``: one client as an ``asyncio.Protocol``: framing, ordered
   answers, backpressure, lingering close;
 * ``server``: the listener: limits, timers, metrics, shutdown.

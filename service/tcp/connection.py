@@ -33,6 +33,15 @@ from typing import TYPE_CHECKING, cast
 from service.errors import IntakeClosed, IntakeFull
 from service.events import Event, EventError, parse_line
 from service.log import get_logger
+from service.tcp.answers import (
+    BYE_SHUTDOWN,
+    ERR_BARE_CR,
+    ERR_INTERNAL,
+    ERR_OVERLOADED,
+    ERR_TOO_LONG,
+    PONG,
+    json_error,
+)
 
 if TYPE_CHECKING:
     from service.tcp.server import TcpServer
@@ -45,42 +54,6 @@ LINGER_SECONDS = 2.0
 # Answers are written in one call per read chunk, or at least this often, so
 # a chunk of tiny bad lines cannot build an unbounded list of long answers.
 FLUSH_BYTES = 64 * 1024
-MAX_DETAIL_CHARS = 200
-
-PONG = b"PONG\n"
-BYE_SHUTDOWN = b"BYE shutdown\n"
-BYE_IDLE = b"BYE idle_timeout\n"
-ERR_BUSY = b"ERR busy\n"
-ERR_TOO_LONG = b"ERR line_too_long\n"
-ERR_OVERLOADED = b"ERR overloaded no room in the pipeline\n"
-ERR_INTERNAL = b"ERR internal unexpected server error\n"
-ERR_BARE_CR = b"ERR invalid_json bare CR in line\n"
-
-# Control characters in a detail (e.g. an unknown field name chosen by the
-# client) must not break the line protocol.
-_CONTROLS = {c: " " for c in (*range(32), 127)}
-
-
-def error_line(code: str, detail: str) -> bytes:
-    """``ERR <code> <detail>``: one line, whatever the detail contains."""
-    detail = detail.translate(_CONTROLS)[:MAX_DETAIL_CHARS]
-    return f"ERR {code} {detail}\n".encode()
-
-
-def _json_error(line: bytes | bytearray, exc: EventError) -> bytes:
-    """Name the common reasons a line is not JSON more clearly than the parser does."""
-    if exc.code != "invalid_json":
-        return error_line(exc.code, str(exc))
-    if not line.strip():
-        return error_line("invalid_json", "empty line")
-    if b"\0" in line:
-        return error_line("invalid_json", "NUL byte in line")
-    try:
-        line.decode()
-    except UnicodeDecodeError:
-        return error_line("invalid_json", "not valid UTF-8")
-    return error_line("invalid_json", str(exc))
-
 
 class Connection(asyncio.Protocol):
     """The protocol of one client connection; created by :class:`TcpServer`."""
@@ -257,7 +230,7 @@ class Connection(asyncio.Protocol):
             event = parse_line(bytes(line))  # bytes(b) is b itself: no copy
         except EventError as exc:
             server.messages_error.value += 1
-            return _json_error(line, exc)
+            return json_error(line, exc)
         try:
             event_id = server.intake.offer_nowait(event)
         except IntakeFull:

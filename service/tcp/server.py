@@ -21,13 +21,8 @@ from typing import Any
 from service.config import TcpSettings
 from service.log import get_logger
 from service.metrics import Metrics
-from service.tcp.connection import (
-    BYE_IDLE,
-    BYE_SHUTDOWN,
-    ERR_BUSY,
-    LINGER_SECONDS,
-    Connection,
-)
+from service.tcp.answers import BYE_IDLE, BYE_SHUTDOWN, ERR_BUSY
+from service.tcp.connection import LINGER_SECONDS, Connection
 from service.tcp.intake import Intake, LocalIntake
 
 log = get_logger("service.tcp")
