@@ -142,6 +142,7 @@ class _Pool:
         self.capacity = None if max_queued is None else workers + max_queued
         self.jobs: set[Future[_Outcome]] = set()
         self.mean_seconds = 0.0
+        self.worker_processes: list[multiprocessing.process.BaseProcess] = []
         self.duration = metrics.executor_duration.labels(name)
         self.rejected = metrics.executor_rejected.labels(name)
         metrics.executor_jobs.set_function(self.running, name, "running")
@@ -245,6 +246,7 @@ class Offload:
         """Cancel queued jobs, wait up to ``timeout`` for running ones, abandon the rest."""
         self.closed = True
         for pool in self._pools:
+            pool.worker_processes = _worker_processes(pool.executor)
             pool.executor.shutdown(wait=False, cancel_futures=True)
         try:
             async with asyncio.timeout(timeout):
@@ -265,20 +267,21 @@ class Offload:
         _abandoned_total += count
         log.warning("executor jobs abandoned at shutdown", timeout=timeout, **stuck)
         for pool in self._pools:
-            if pool.processes and pool.jobs:
-                _terminate_workers(cast(ProcessPoolExecutor, pool.executor))
+            if pool.jobs:
+                for process in pool.worker_processes:
+                    process.terminate()  # a process, unlike a thread, can be stopped
 
     def summary(self) -> dict[str, int]:
         """For the shutdown summary line."""
         return {"executor_jobs_abandoned": self.abandoned}
 
 
-def _terminate_workers(executor: ProcessPoolExecutor) -> None:
-    """Stop worker processes that still run jobs (3.14 has ``terminate_workers()``)."""
-    terminate = getattr(executor, "terminate_workers", None)
-    if terminate is not None:
-        terminate()
-        return
-    # 3.11-3.13: no public API; _processes maps pid -> Process.
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        process.terminate()
+def _worker_processes(executor: Executor) -> list[multiprocessing.process.BaseProcess]:
+    """The worker processes of a process pool (none for a thread pool).
+
+    Read before ``shutdown``, which forgets them. 3.14 has ``terminate_workers()``;
+    3.11-3.13 have only the private ``_processes`` (pid -> Process).
+    """
+    processes = getattr(executor, "_processes", None) if isinstance(
+        executor, ProcessPoolExecutor) else None
+    return list(processes.values()) if processes else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import math
 import os
@@ -245,6 +246,25 @@ async def test_process_executor_runs_jobs_with_the_request_id() -> None:
     finally:
         await off.close(5.0)
     assert off.summary() == {"executor_jobs_abandoned": 0}
+
+
+@pytest.mark.asyncio
+async def test_close_terminates_worker_processes_that_run_abandoned_jobs() -> None:
+    off = Offload(OffloadSettings(cpu_kind="process", cpu_workers=1), Metrics())
+    before = offload_module.abandoned_jobs()
+    await off.run_cpu(_pid)  # the worker is up
+    stuck = asyncio.create_task(off.run_cpu(time.sleep, 60))
+    await _until(lambda: off._cpu.running() == 1)
+    await off.close(0.2)
+    assert off.summary() == {"executor_jobs_abandoned": 1}
+    assert offload_module.abandoned_jobs() == before + 1
+    offload_module._abandoned_total -= 1  # terminated below: nothing is left running at exit
+    (worker,) = off._cpu.worker_processes
+    worker.join(5)
+    assert not worker.is_alive()
+    stuck.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await stuck
 
 
 # -- the service process under load ------------------------------------------
