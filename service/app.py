@@ -20,7 +20,7 @@ from service.middleware import make_middleware
 from service.monitor import monitoring
 from service.offload import Offload
 from service.pipeline import Pipeline
-from service.routes import events, hash, health
+from service.routes import events, hash, health, openapi
 from service.sinks import make_sink
 from service.state import ServiceState
 from service.tcp import TcpServer
@@ -52,6 +52,7 @@ def create_app(
     events.setup(app)
     health.setup(app)
     hash.setup(app)
+    openapi.setup(app)
     return app
 
 

@@ -28,7 +28,8 @@ from service.errors import (
 )
 from service.events import EventError, parse_json_body, parse_ndjson_body
 from service.keys import PIPELINE, SETTINGS, STATE
-from service.log import get_logger
+from service.log import get_logger, request_id_var
+from service.middleware import REQUEST_ID_HEADER
 
 log = get_logger("service.routes.events")
 
@@ -103,6 +104,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         task.set_name(f"stream:subscriber-{next(_subscriber_numbers)}")
     response = web.StreamResponse(headers={"Cache-Control": "no-store"})
     response.content_type = "application/x-ndjson"
+    # prepare() below sends the headers before the middleware could add the id.
+    rid = request_id_var.get()
+    if rid is not None:
+        response.headers[REQUEST_ID_HEADER] = rid
 
     def stop() -> bool:
         return state.draining or transport is None or transport.is_closing()
