@@ -1,9 +1,10 @@
 """``GET /openapi.json``: the OpenAPI description of the public API.
 
-The source of truth is ``config/openapi.yaml`` (readable, commented, reviewed
-with the code). It is parsed and encoded once at start-up, so a broken
-document fails the start rather than the first request, and the route costs
-one ``bytes`` write per call.
+The source of truth is ``service/openapi.yaml`` (readable, commented, reviewed
+with the code; ``config/openapi.yaml`` links to it). It ships inside the package
+so the container image, which installs only the package, serves it too. It is
+parsed and encoded once at start-up, so a broken document fails the start
+rather than the first request, and the route costs one ``bytes`` write per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "config" / "openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "openapi.yaml"
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict[str, Any]:
