@@ -45,7 +45,7 @@ USER 10001:10001
 EXPOSE 8080 8888 8081
 # Exec form: the Python process is PID 1's direct command and receives SIGTERM,
 # which starts the graceful shutdown of SPEC.md (a shell would swallow it).
-# `python -m service` is the console script (`make rename` renames both forms);
+# `python -m service` is the same as the `service` console script;
 # PYTHONSAFEPATH keeps the working directory off sys.path.
 STOPSIGNAL SIGTERM
 # No curl in the image: the standard library asks /readyz on the configured port.
