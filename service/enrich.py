@@ -44,14 +44,24 @@ class LocalUsers:
     the same shape the ``users`` stub answers.
     """
 
+    # Generated records are kept (like the real client's cache) up to this many.
+    MAX_GENERATED = 10_000
+
     def __init__(self, users: Mapping[str, dict[str, Any]] | None = None) -> None:
         self._users = users
+        self._generated: dict[str, dict[str, Any]] = {}
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
         if self._users is not None:
             return self._users.get(user_id)
-        tier = _TIERS[zlib.crc32(user_id.encode()) % len(_TIERS)]
-        return {"id": user_id, "name": f"user {user_id}", "tier": tier}
+        user = self._generated.get(user_id)
+        if user is None:
+            if len(self._generated) >= self.MAX_GENERATED:
+                self._generated.clear()
+            tier = _TIERS[zlib.crc32(user_id.encode()) % len(_TIERS)]
+            user = self._generated[user_id] = {"id": user_id, "name": f"user {user_id}",
+                                               "tier": tier}
+        return user
 
 
 _TIERS = ("free", "pro", "enterprise")

@@ -76,6 +76,11 @@ class HistogramChild:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_many(self, value: float, count: int) -> None:
+        """``count`` observations of the same value (e.g. a batch acknowledged together)."""
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.sum += value * count
+
     @property
     def count(self) -> int:
         return sum(self.counts)

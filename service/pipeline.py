@@ -37,10 +37,10 @@ import asyncio
 import itertools
 import os
 import time
-from collections import deque
 from types import TracebackType
 from typing import Any
 
+from service.batchqueue import STOP, BatchQueue
 from service.config import PipelineSettings
 from service.enrich import Enrichment, UserLookup, encode_record
 from service.errors import IntakeClosed, IntakeFull
@@ -52,11 +52,14 @@ from service.stream import StreamHub
 
 log = get_logger("service.pipeline")
 
-# Queue items; ``None`` is the stop marker a worker ends on.
+# Queue items (queues move lists of them; batchqueue.STOP is the marker a worker ends on).
 _Ingested = tuple[str, Event, float]  # id, event, acknowledged at (monotonic)
 _Enriched = tuple[SinkLine, float]  # the encoded line, acknowledged at
 
 RETRY_AFTER_SECONDS = 1
+# Events an enrich worker takes at a time: small enough that the workers share
+# a large HTTP batch, large enough that queue operations are rare.
+WORKER_BATCH = 128
 _SINK_RETRY_FIRST, _SINK_RETRY_MAX = 0.05, 2.0
 _ENRICHMENTS: tuple[Enrichment, ...] = ("ok", "unknown_user", "failed", "skipped")
 
@@ -87,15 +90,14 @@ class Pipeline:
         self.settings = settings
         self.sink = sink
         self._users = users
-        self._ingest: asyncio.Queue[_Ingested | None] = asyncio.Queue(settings.ingest_capacity)
-        self._enriched: asyncio.Queue[_Enriched | None] = asyncio.Queue(settings.enrich_capacity)
+        self._ingest: BatchQueue[_Ingested] = BatchQueue(settings.ingest_capacity)
+        self._enriched: BatchQueue[_Enriched] = BatchQueue(settings.enrich_capacity)
         self._ids = EventIds()
         self.hub = StreamHub(metrics, settings.subscriber_buffer)
         self._closed = True  # until started
         self._drained = False
         self._skip_enrichment = False
         self._runner: asyncio.Task[None] | None = None
-        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._wall_offset = time.time() - time.monotonic()
         self._last_enrich_error = 0.0
         self.accepted = 0
@@ -103,7 +105,7 @@ class Pipeline:
 
         for stage, queue in (("ingest", self._ingest), ("enrich", self._enriched)):
             metrics.queue_depth.set_function(queue.qsize, stage)
-            metrics.queue_capacity.labels(stage).set(queue.maxsize)
+            metrics.queue_capacity.labels(stage).set(queue.capacity)
         events = metrics.pipeline_events
         self._m_accepted = events.labels("ingest", "accepted")
         self._m_enriched = {e: events.labels("enrich", e) for e in _ENRICHMENTS}
@@ -160,7 +162,7 @@ class Pipeline:
             self._m_rejected["full"].inc()
             raise IntakeFull(1, RETRY_AFTER_SECONDS)
         event_id = self._ids.new()
-        self._ingest.put_nowait((event_id, event, time.monotonic()))
+        self._ingest.put_nowait([(event_id, event, time.monotonic())])
         self.accepted += 1
         self._m_accepted.value += 1
         return event_id
@@ -171,58 +173,32 @@ class Pipeline:
         if self._closed:
             self._m_rejected["closed"].inc(n)
             raise IntakeClosed
-        queue = self._ingest
-        if n > queue.maxsize - queue.qsize():
+        if n > self._ingest.room():
             self._m_rejected["full"].inc(n)
             raise IntakeFull(n, RETRY_AFTER_SECONDS)
         now = time.monotonic()
-        new_id, put = self._ids.new, queue.put_nowait
-        ids = []
-        for event in events:
-            event_id = new_id()
-            put((event_id, event, now))
-            ids.append(event_id)
+        new_id = self._ids.new
+        batch = [(new_id(), event, now) for event in events]
+        self._ingest.put_nowait(batch)
         self.accepted += n
         self._m_accepted.value += n
-        return ids
+        return [event_id for event_id, _, _ in batch]
 
     async def offer(self, event: Event, timeout: float) -> str:
         """Like :meth:`offer_nowait`, but wait up to ``timeout`` seconds for room (TCP)."""
         if not self._closed and self._ingest.full():
-            # Wait for a worker to free a slot (one waiter woken per slot, in
-            # order); a drain wakes every waiter to refuse it with IntakeClosed.
-            # Nothing is queued before the final offer_nowait, so a cancelled
-            # or timed-out wait leaves the event not taken.
-            loop = asyncio.get_running_loop()
+            # Wait for a worker to free a slot (waiters are woken one per batch
+            # taken, in order); a drain wakes every waiter to refuse it with
+            # IntakeClosed. Nothing is queued before the final offer_nowait, so
+            # a cancelled or timed-out wait leaves the event not taken.
             try:
                 async with asyncio.timeout(timeout):
                     while not self._closed and self._ingest.full():
-                        waiter = loop.create_future()
-                        self._room_waiters.append(waiter)
-                        try:
-                            await waiter
-                        finally:
-                            if not waiter.done():
-                                waiter.cancel()
-                                self._room_waiters.remove(waiter)
+                        await self._ingest.wait_for_room()
             except TimeoutError:
                 self._m_rejected["full"].inc()
                 raise IntakeFull(1, RETRY_AFTER_SECONDS) from None
         return self.offer_nowait(event)
-
-    def _wake_room_waiter(self) -> None:
-        waiters = self._room_waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _wake_all_room_waiters(self) -> None:
-        while self._room_waiters:
-            waiter = self._room_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
 
     @property
     def full(self) -> bool:
@@ -254,53 +230,51 @@ class Pipeline:
                 await asyncio.wait(enrichers)
                 # Every enricher has ended on its stop marker: nothing more can
                 # reach the enrich queue, so the writer's marker goes last.
-                await self._enriched.put(None)
+                self._enriched.put_nowait(STOP)
         except Exception:
             # A bug in a worker (per-item errors are handled inside them): refuse
             # intake from now on rather than acknowledge events nobody will write.
             self._closed = True
-            self._wake_all_room_waiters()
+            self._ingest.wake_all()
             log.exception("pipeline stopped: a worker failed", accepted=self.accepted,
                           delivered=self.delivered)
 
     async def _enrich_worker(self) -> None:
-        get, done = self._ingest.get, self._ingest.task_done
-        put = self._enriched.put
+        ingest, enriched = self._ingest, self._enriched
         lookup = self._users.get_user
         outcomes = self._m_enriched
+        offset = self._wall_offset
         while True:
-            item = await get()
-            if self._room_waiters:
-                self._wake_room_waiter()
-            try:
-                if item is None:
-                    return
-                event_id, event, acked = item
-                user: dict[str, Any] | None = None
-                outcome: Enrichment
-                if self._skip_enrichment:
-                    outcome = "skipped"
-                else:
-                    try:
-                        user = await lookup(event["user_id"])
-                        outcome = "ok" if user is not None else "unknown_user"
-                    except Exception as exc:  # CancelledError is not an Exception
-                        outcome = "failed"
-                        self._enrich_failed(exc)
-                received = acked + self._wall_offset
+            batch = await ingest.get(WORKER_BATCH)
+            if batch is STOP:
+                return
+            out: list[_Enriched] = []
+            for event_id, event, acked in batch:
                 try:
-                    data = encode_record(event_id, event, received, user, outcome)
-                except TypeError:  # orjson.JSONEncodeError: the user record is not JSON
-                    outcome = "failed"
-                    data = encode_record(event_id, event, received, None, outcome)
-                outcomes[outcome].value += 1
-                await put((SinkLine(event_id, data), acked))
-            except Exception:
-                # Not reachable with a validated event; if it is, lose this one
-                # event (counted as dropped at the end), never the worker.
-                log.exception("event could not be enriched nor encoded: dropped")
-            finally:
-                done()
+                    user: dict[str, Any] | None = None
+                    outcome: Enrichment
+                    if self._skip_enrichment:
+                        outcome = "skipped"
+                    else:
+                        try:
+                            user = await lookup(event["user_id"])
+                            outcome = "ok" if user is not None else "unknown_user"
+                        except Exception as exc:  # CancelledError is not an Exception
+                            outcome = "failed"
+                            self._enrich_failed(exc)
+                    try:
+                        data = encode_record(event_id, event, acked + offset, user, outcome)
+                    except TypeError:  # orjson.JSONEncodeError: the user record is not JSON
+                        outcome = "failed"
+                        data = encode_record(event_id, event, acked + offset, None, outcome)
+                    outcomes[outcome].value += 1
+                    out.append(((event_id, data), acked))
+                except Exception:
+                    # Not reachable with a validated event; if it is, lose this one
+                    # event (counted as dropped at the end), never the worker.
+                    log.exception("event could not be enriched nor encoded: dropped")
+            if out:
+                await enriched.put(out)
 
     def _enrich_failed(self, exc: Exception) -> None:
         # At most one line a second: a downstream outage must not flood the log.
@@ -316,33 +290,31 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            item = await queue.get()
-            if item is None:
-                queue.task_done()
+            batch = await queue.get(size)
+            if batch is STOP:
                 break
-            batch = [item]
+            if not batch:
+                continue
             deadline = loop.time() + interval
             # A batch ends when full, when the flush interval since its first
             # event is over, or at the stop marker.
             while len(batch) < size:
-                if queue.empty():
+                try:
+                    more = queue.get_nowait(size - len(batch))
+                except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
                     try:
                         async with asyncio.timeout(remaining):
-                            item = await queue.get()
+                            more = await queue.get(size - len(batch))
                     except TimeoutError:
                         break
-                else:
-                    item = queue.get_nowait()
-                if item is None:
+                if more is STOP:
                     stopping = True
                     break
-                batch.append(item)
+                batch = [*batch, *more]
             await self._deliver(batch)
-            for _ in range(len(batch) + stopping):
-                queue.task_done()
         await self.sink.flush()
 
     async def _deliver(self, batch: list[_Enriched]) -> None:
@@ -364,14 +336,20 @@ class Pipeline:
         now = time.monotonic()
         self._m_write.observe(time.perf_counter() - started)
         self._m_batch.observe(len(lines))
-        observe = self._m_latency.observe
+        # Events acknowledged together (one HTTP request) share one observation.
+        observe = self._m_latency.observe_many
+        run_acked, run = batch[0][1], 0
         for _, acked in batch:
-            observe(now - acked)
+            if acked != run_acked:
+                observe(now - run_acked, run)
+                run_acked, run = acked, 0
+            run += 1
+        observe(now - run_acked, run)
         self.delivered += len(lines)
         self._m_delivered.value += len(lines)
         if len(self.hub):
             try:
-                self.hub.publish([line.data for line in lines])
+                self.hub.publish([data for _, data in lines])
             except Exception:
                 log.exception("publishing to stream subscribers failed")
 
@@ -386,7 +364,7 @@ class Pipeline:
         if self._drained:
             return
         self._closed = True
-        self._wake_all_room_waiters()
+        self._ingest.wake_all()
         loop = asyncio.get_running_loop()
         began = loop.time()
         runner = self._runner
@@ -417,7 +395,7 @@ class Pipeline:
     async def _stop_workers(self, runner: asyncio.Task[None]) -> None:
         # The markers queue up behind every acknowledged event (intake is closed).
         for _ in range(self.settings.enrich_workers):
-            await self._ingest.put(None)
+            self._ingest.put_nowait(STOP)
         await asyncio.wait([runner])
 
     def summary(self) -> dict[str, int]:

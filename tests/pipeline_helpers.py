@@ -46,4 +46,7 @@ class MemorySink:
         self.closed = True
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line.data) for line in self.lines]
+        return [json.loads(data) for _, data in self.lines]
+
+    def ids(self) -> list[str]:
+        return [event_id for event_id, _ in self.lines]

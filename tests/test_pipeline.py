@@ -154,7 +154,7 @@ async def test_offer_waits_for_room_then_gives_up() -> None:
         sink.running.set()
         late_id = await waiting
         await p.drain(5)
-    assert late_id in {line.id for line in sink.lines}
+    assert late_id in sink.ids()
     assert p.summary()["dropped"] == 0
 
 
@@ -188,7 +188,7 @@ async def test_a_failing_sink_is_retried_and_nothing_is_written_twice() -> None:
     async with Pipeline(settings(), metrics, LocalUsers(), sink) as p:
         ids = p.offer_batch_nowait([ev() for _ in range(10)])
         await p.drain(10)
-    assert sorted(line.id for line in sink.lines) == sorted(ids)
+    assert sorted(sink.ids()) == sorted(ids)
     assert metrics.sink_failures.labels("memory").value == 2
     assert p.summary()["dropped"] == 0
 
@@ -249,7 +249,7 @@ async def test_subscribers_follow_delivered_events_and_slow_ones_are_cut_off() -
         await p.drain(5)
     assert cut == [True]
     assert metrics.stream_cutoffs.labels().value == 1
-    assert sorted(json.loads(line)["id"] for line in got) == sorted(line.id for line in sink.lines)
+    assert sorted(json.loads(line)["id"] for line in got) == sorted(sink.ids())
 
 
 @pytest.mark.asyncio

@@ -17,7 +17,7 @@ from service.sinks import FileSink, SinkLine, make_sink, set_aside_torn_tail
 
 
 def _lines(n: int, start: int = 0) -> list[SinkLine]:
-    return [SinkLine(f"id-{i}", f'{{"id":"id-{i}"}}'.encode())
+    return [(f"id-{i}", f'{{"id":"id-{i}"}}'.encode())
             for i in range(start, start + n)]
 
 
@@ -91,18 +91,18 @@ def test_a_failed_write_leaves_no_part_of_the_batch(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import resource, signal, sys
         from pathlib import Path
-        from service.sinks import FileSink, SinkLine
+        from service.sinks import FileSink
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         sink = FileSink(Path({str(path)!r}))
         sink._open()
-        sink._write([SinkLine("a", b"x" * 1000)])
+        sink._write([("a", b"x" * 1000)])
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, resource.RLIM_INFINITY))
         try:
-            sink._write([SinkLine("b", b"y" * 1000)])
+            sink._write([("b", b"y" * 1000)])
         except OSError as exc:
             print("failed", exc.errno)
         resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
-        sink._write([SinkLine("c", b"z" * 10)])
+        sink._write([("c", b"z" * 10)])
         sink._close()
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
