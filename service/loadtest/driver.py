@@ -74,6 +74,10 @@ class Driver:
         self.issued = 0  # open loop: requests scheduled so far
         self.inflight = 0
         self.finished = 0
+        # An answer to the request in flight on a connection: record it, send the next.
+        self.on_response: Callable[[Connection, int | str], None] = (
+            self._closed_loop_response if plan.rate is None and plan.requests is None
+            else self._response)
         self._tick_handle: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._connected: asyncio.Future[None] | None = None
@@ -81,7 +85,35 @@ class Driver:
 
     # -- the hot path: called from the connections' data_received -----------------
 
-    def on_response(self, conn: Connection, status: int | str) -> None:
+    def _closed_loop_response(self, conn: Connection, status: int | str) -> None:
+        """:meth:`_response` for an unbounded closed loop, inlined: the common case.
+
+        The connection stays busy and the next request goes out at once; every
+        Python call saved here is client CPU taken off each round trip.
+        """
+        now = perf_counter()
+        t0 = conn.t0
+        if t0 >= self.t_measure:
+            us = int((now - t0) * 1_000_000)
+            lat = self.m.latencies_us
+            lat[us] = lat.get(us, 0) + 1
+            st = self.m.statuses
+            st[status] = st.get(status, 0) + 1
+            self.finished += 1
+            self.last_done = now
+        transport = conn.transport
+        if self.sending and conn.reusable and transport is not None:
+            conn.t0 = conn.sent_at = now
+            transport.write(self.next_request())
+            return
+        conn.busy = False
+        self.inflight -= 1
+        if conn.reusable:
+            self._next(conn, now)
+        else:
+            self._check_done()
+
+    def _response(self, conn: Connection, status: int | str) -> None:
         now = perf_counter()
         conn.busy = False
         self.inflight -= 1

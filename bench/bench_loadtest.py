@@ -1,0 +1,217 @@
+"""The load-test client against wrk (HTTP) and a C client (TCP), same targets, same run.
+
+HTTP: a bare aiohttp app (one JSON route, uvloop, no access log) pinned to
+core 0; wrk (``-t1 -c64``) and ``service loadtest http -c 64`` (one worker)
+take turns on core 1, several rounds, alternating who goes first so a noisy
+neighbour hits both alike. Rows: the ratio of the median req/s (target 0.9,
+ISSUE 7: a plain ``ClientSession`` loop reached ~0.7) and of the median
+p50/p90/p99 (target within 10%).
+
+TCP: a bare uvloop ``Protocol`` PONG server on core 0; ``bench/loadtest_ref/
+pingclient.c`` (epoll, compiled here when a C compiler exists) and
+``service loadtest tcp --scenario tcp-ping -c 32`` take turns on core 1.
+
+Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only loadtest"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 3
+HTTP_CONNECTIONS = 64
+TCP_CONNECTIONS = 32
+UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+BARE_HTTP = """
+import sys, orjson, uvloop
+from aiohttp import web
+
+async def info(request):
+    return web.Response(body=orjson.dumps({"name": "bare", "version": "0"}),
+                        content_type="application/json")
+
+app = web.Application()
+app.router.add_get("/v1/info", info)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
+            print=None, loop=uvloop.new_event_loop())
+"""
+
+BARE_PONG = """
+import asyncio, sys, uvloop
+
+class Pong(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(b"PONG\\n" * data.count(b"\\n"))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Pong, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+uvloop.run(main())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(core: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
+        return ["taskset", "-c", str(core)]
+    return []
+
+
+@contextmanager
+def _server(source: str) -> Iterator[int]:
+    """``source`` run as a server pinned to core 0; yields its port once it accepts."""
+    port = _free_port()
+    proc = subprocess.Popen([*_pin(0), sys.executable, "-c", source, str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("bench target did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wrk(url: str, seconds: int) -> dict[str, float]:
+    out = subprocess.run([*_pin(1), "wrk", "-t1", f"-c{HTTP_CONNECTIONS}", f"-d{seconds}s",
+                          "--latency", url], check=True, capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    result = {f"p{m[1]}": float(m[2]) * UNITS_US[m[3]]
+              for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None or len(result) != 3:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    result["rps"] = float(rps[1])
+    return result
+
+
+def _ours(args: list[str], seconds: int) -> dict[str, float]:
+    out = subprocess.run([*_pin(1), sys.executable, "-m", "service", "loadtest", *args,
+                          "-d", str(seconds), "--json", "-"], check=True, capture_output=True,
+                         text=True, timeout=seconds + 60, cwd=ROOT).stdout
+    report = json.loads(out)
+    lat = report["latency_ms"]
+    return {"rps": report["requests_per_second"], "errors": report["errors"],
+            **{k: lat[k] * 1000 for k in ("p50", "p90", "p99")}}
+
+
+def _alternate(a: Any, b: Any) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """ROUNDS runs of each, alternating which goes first."""
+    runs_a, runs_b = [], []
+    for i in range(ROUNDS):
+        if i % 2 == 0:
+            runs_a.append(a())
+            runs_b.append(b())
+        else:
+            runs_b.append(b())
+            runs_a.append(a())
+    return runs_a, runs_b
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _row(name: str, ours: float, unit: str, baseline: str, base: float, target: str,
+         note: str) -> dict[str, Any]:
+    return {"name": name, "value": ours, "unit": unit, "baseline": baseline,
+            "baseline_value": base, "ratio": ours / base if base else None,
+            "target": target, "note": note}
+
+
+def http_rows(seconds: int) -> list[dict[str, Any]]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    with _server(BARE_HTTP) as port:
+        url = f"http://127.0.0.1:{port}/v1/info"
+        _wrk(url, 1)  # warm the server up
+        ours_runs, wrk_runs = _alternate(
+            lambda: _ours(["http", url, "-c", str(HTTP_CONNECTIONS)], seconds),
+            lambda: _wrk(url, seconds))
+    note = f"median of {ROUNDS} alternating {seconds}s runs, server core 0, clients core 1"
+    rows = [_row("loadtest http vs wrk (bare aiohttp, c64)", _median(ours_runs, "rps"),
+                 "req/s", "wrk", _median(wrk_runs, "rps"), ">= 0.90", note)]
+    for p in ("p50", "p90", "p99"):
+        rows.append(_row(f"loadtest http {p} latency vs wrk", _median(ours_runs, p), "us",
+                         "wrk", _median(wrk_runs, p), "0.90-1.10", note))
+    return rows
+
+
+def _c_client() -> Path | None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    exe = Path(tempfile.gettempdir()) / f"loadtest-pingclient-{os.getuid()}"
+    subprocess.run([cc, "-O2", "-o", str(exe), str(ROOT / "bench/loadtest_ref/pingclient.c")],
+                   check=True)
+    return exe
+
+
+def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run([*_pin(1), str(exe), "127.0.0.1", str(port), str(TCP_CONNECTIONS),
+                          str(seconds)], check=True, capture_output=True, text=True,
+                         timeout=seconds + 30).stdout.split()
+    return {"rps": int(out[0]) / float(out[1])}
+
+
+def tcp_rows(seconds: int) -> list[dict[str, Any]]:
+    exe = _c_client()
+    with _server(BARE_PONG) as port:
+        ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
+                              "-c", str(TCP_CONNECTIONS)], seconds)
+        if exe is None:
+            runs = [ours() for _ in range(ROUNDS)]
+            return [{"name": "loadtest tcp-ping (bare uvloop PONG, c32)",
+                     "value": _median(runs, "rps"), "unit": "rt/s", "baseline": None,
+                     "baseline_value": None, "ratio": None, "target": None,
+                     "note": "no C compiler: no reference client"}]
+        ours_runs, c_runs = _alternate(ours, lambda: _c_ping(exe, port, seconds))
+    return [_row("loadtest tcp-ping vs C epoll client (bare PONG, c32)",
+                 _median(ours_runs, "rps"), "rt/s", "C client", _median(c_runs, "rps"),
+                 ">= 0.90", f"median of {ROUNDS} alternating {seconds}s runs")]
+
+
+def run(duration: float) -> list[dict[str, Any]]:
+    seconds = max(2, round(duration / 2))
+    return http_rows(seconds) + tcp_rows(seconds)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    from bench.run import table
+
+    print(table(run(float(sys.argv[1]) if len(sys.argv) > 1 else 10.0)))
