@@ -12,15 +12,27 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service.config import Settings
+from service.downstream import open_downstreams
 from service.enrich import LocalUsers
-from service.keys import ACCESS_LOG, METRICS, OFFLOAD, PIPELINE, SETTINGS, SINK, STATE, TCP_SERVER
+from service.keys import (
+    ACCESS_LOG,
+    DOWNSTREAM,
+    HTTP_MIDDLEWARE,
+    METRICS,
+    OFFLOAD,
+    PIPELINE,
+    SETTINGS,
+    SINK,
+    STATE,
+    TCP_SERVER,
+)
 from service.log import AccessLog
 from service.metrics import Metrics
 from service.middleware import make_middleware
 from service.monitor import monitoring
 from service.offload import Offload
 from service.pipeline import Pipeline
-from service.routes import events, hash, health, openapi
+from service.routes import events, hash, health, openapi, summary
 from service.sinks import make_sink
 from service.state import ServiceState
 from service.tcp import TcpServer
@@ -35,8 +47,9 @@ def create_app(
     metrics = metrics or Metrics(settings.metrics.namespace)
     state = state or ServiceState()
     access_log = AccessLog(settings.log)
+    middleware = make_middleware(metrics, state, access_log)
     app = web.Application(
-        middlewares=[make_middleware(metrics, state, access_log)],
+        middlewares=[middleware],
         client_max_size=settings.http.max_body_bytes,
         handler_args={"keepalive_timeout": settings.http.keepalive_timeout},
     )
@@ -44,15 +57,18 @@ def create_app(
     app[METRICS] = metrics
     app[STATE] = state
     app[ACCESS_LOG] = access_log
+    app[HTTP_MIDDLEWARE] = middleware
 
     app.cleanup_ctx.append(_monitoring)
     app.cleanup_ctx.append(_offload)
+    app.cleanup_ctx.append(_downstream)
     app.cleanup_ctx.append(_pipeline)
     app.cleanup_ctx.append(_tcp_server)  # last: it feeds the pipeline
     events.setup(app)
     health.setup(app)
     hash.setup(app)
     openapi.setup(app)
+    summary.setup(app)
     return app
 
 
@@ -95,3 +111,10 @@ async def _tcp_server(app: web.Application) -> AsyncIterator[None]:
     app[STATE].listeners.append(server)
     yield
     await server.close()
+
+
+async def _downstream(app: web.Application) -> AsyncIterator[None]:
+    # One ClientSession per downstream, closed after the pipeline has drained.
+    async with open_downstreams(app[SETTINGS].downstream, app[METRICS]) as downstreams:
+        app[DOWNSTREAM] = downstreams
+        yield

@@ -26,6 +26,7 @@ from service.admin import create_admin_app
 from service.app import create_app
 from service.config import Settings
 from service.httpserver import AppRunner
+from service.keys import HTTP_MIDDLEWARE
 from service.log import get_logger, sink
 from service.metrics import Metrics, task_group
 from service.monitor import configure_debug
@@ -35,6 +36,9 @@ log = get_logger("service.lifecycle")
 
 # Exit codes: 0 clean, 1 acknowledged work was lost (or a forced exit), 2 bad config.
 EXIT_OK, EXIT_LOST, EXIT_CONFIG = 0, 1, 2
+# Step 3: how long no request must have been in flight before the remaining
+# keep-alive connections count as idle and are closed (see _finish_http).
+IDLE_LINGER = 0.25
 
 
 class Service:
@@ -82,6 +86,7 @@ class Service:
             handler_cancellation=True,
             header_timeout=s.http.header_timeout,
             header_timeouts=self.metrics.http_header_timeouts.labels(),
+            middleware=self.app[HTTP_MIDDLEWARE],
         )
         # Resources start here: the app's cleanup contexts run in order.
         await self._runner.setup()
@@ -169,12 +174,24 @@ class Service:
             return
         loop = asyncio.get_running_loop()
         in_flight = self.metrics.http_in_flight.labels()
-        # Busy connections get "Connection: close" on their next response; wait
-        # for them before closing idle ones, so no request is cut mid-way.
-        # Polled (only during shutdown) so the request path keeps no event bookkeeping.
-        while in_flight.value > 0 and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
         server = runner.server
+        # Every response now says "Connection: close", and aiohttp closes the
+        # connection after sending it. Wait for connections to go that way
+        # rather than closing them: closing a keep-alive connection races with
+        # a client that is sending its next request on it (the request is then
+        # lost mid-way). Only once no request has been in flight for
+        # IDLE_LINGER are the remaining connections idle, and closed.
+        # A request that has been parsed but not yet reached the middleware is
+        # invisible to the gauge for a moment; the linger covers that too.
+        # Polled (only during shutdown) so the request path keeps no event bookkeeping.
+        quiet_since = loop.time()
+        while server.connections and loop.time() < deadline:
+            now = loop.time()
+            if in_flight.value > 0:
+                quiet_since = now
+            elif now - quiet_since >= IDLE_LINGER:
+                break
+            await asyncio.sleep(0.01)
         server.pre_shutdown()  # idle keep-alive connections close now
         remaining = max(0.0, deadline - loop.time())
         try:

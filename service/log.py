@@ -102,21 +102,31 @@ def _add_logger_name(logger: WrappedLogger, _: str, event_dict: EventDict) -> Ev
 
 
 class _Clock:
-    """ISO-8601 UTC timestamps with milliseconds, the date part formatted once a second."""
+    """ISO-8601 UTC timestamps with milliseconds.
 
-    __slots__ = ("_prefix", "_second")
+    Formatting a timestamp costs more than a cheap request's whole access
+    line otherwise would, so the text is made once per millisecond (many
+    requests share one under load) and the date part once per second.
+    """
+
+    __slots__ = ("_ms", "_prefix", "_second", "_text")
 
     def __init__(self) -> None:
+        self._ms = -1
         self._second = -1
         self._prefix = ""
+        self._text = ""
 
     def now(self) -> str:
-        t = time.time()
-        second = int(t)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            second, frac = divmod(ms, 1000)
+            if second != self._second:
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                self._second = second
+            self._text = f"{self._prefix}.{frac:03d}Z"
+            self._ms = ms
+        return self._text
 
 
 _clock = _Clock()
@@ -251,7 +261,8 @@ class AccessLog:
             "event": "access", "logger": "access", "level": "info",
             "timestamp": _clock.now(), "request_id": request_id, "method": method,
             "route": route, "path": path, "status": status,
-            "duration_ms": round(duration * 1000, 3), "remote": remote,
+            # Microsecond resolution; int() and a division cost a third of round(x, 3).
+            "duration_ms": int(duration * 1_000_000) / 1000, "remote": remote,
             "user_agent": user_agent,
         }
         if self._console_log is not None:
