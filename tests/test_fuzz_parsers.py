@@ -10,6 +10,8 @@ Coverage-guided fuzzing of the same functions lives in ``fuzz/`` (``make fuzz``)
 from __future__ import annotations
 
 import math
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -25,6 +27,7 @@ from service.events import (
     parse_line,
     parse_ndjson_body,
 )
+from tests.helpers import ServiceProcess, running_service
 
 MAX_EVENTS = 5
 FUZZ = settings(max_examples=300, deadline=None,
@@ -169,3 +172,67 @@ def test_too_many_events_is_its_own_code() -> None:
     with pytest.raises(EventError) as info:
         parse_ndjson_body(body.replace(b"},{", b"}\n{")[1:-1], MAX_EVENTS)
     assert info.value.code == "too_many_events"
+
+
+# --- the TCP line framing, through a real service process -------------------------
+
+@pytest.fixture(scope="module")
+def tcp_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    data = tmp_path_factory.mktemp("fuzz-tcp")
+    with running_service(env={"SERVICE_PIPELINE__SINK_PATH": str(data / "events.jsonl"),
+                              "SERVICE_LOG__ACCESS_LOG": "false"}) as proc:
+        yield proc
+
+
+def _expected_answer(line: bytes) -> bytes:
+    """The start of the answer SPEC.md promises for one line (without its "\\n")."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if b"\r" in line:
+        return b"ERR invalid_json"
+    if line.strip() == b"PING":
+        return b"PONG"
+    try:
+        parse_line(line)
+    except EventError as exc:
+        return b"ERR " + exc.code.encode()
+    return b"OK "
+
+
+tcp_lines = (raw_inputs.map(lambda b: b.replace(b"\n", b"")).filter(lambda b: len(b) < 4096)
+             | st.sampled_from([b"PING", b"PING\r", b" PING ", b"", b"\r", b"a\rb", b"\x00"])
+             | valid_events.map(_dumps).filter(lambda b: len(b) < 4096))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(tcp_lines, min_size=1, max_size=12), cuts=st.lists(st.integers(0, 2**16),
+                                                                         max_size=6))
+def test_tcp_framing_answers_every_line_in_order(tcp_service: ServiceProcess,
+                                                 lines: list[bytes], cuts: list[int]) -> None:
+    """Any bytes, cut anywhere: one answer per line, in order, and the connection lives on."""
+    wire = b"".join(line + b"\n" for line in lines) + b"PING\n"
+    points = sorted({c % (len(wire) + 1) for c in cuts})
+    chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+    with socket.create_connection(("127.0.0.1", tcp_service.ports["tcp"]), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in chunks:
+            if chunk:
+                sock.sendall(chunk)
+        answers = _read_lines(sock, len(lines) + 1)
+    assert answers[-1] == b"PONG"
+    for line, answer in zip(lines, answers, strict=False):
+        assert answer.startswith(_expected_answer(line)), (line, answer)
+
+
+def _read_lines(sock: socket.socket, count: int) -> list[bytes]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    answers = data.split(b"\n")[:-1]
+    assert len(answers) == count, (count, data)
+    return answers
