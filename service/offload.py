@@ -65,7 +65,7 @@ Ts = TypeVarTuple("Ts")
 # Added to the nice value of CPU workers (see _lower_thread_priority).
 CPU_WORKER_NICE = 10
 
-# What a job sends back: its run time, whether it returned, and the value or error.
+# What a process job sends back: its run time, whether it returned, and the value or error.
 _Outcome = tuple[float, bool, Any]
 
 # Jobs abandoned by every Offload of this process: process state, because the
@@ -78,29 +78,67 @@ def abandoned_jobs() -> int:
     return _abandoned_total
 
 
-def _run_in_thread(ctx: contextvars.Context, fn: Callable[..., Any], args: tuple[Any, ...]
-                   ) -> _Outcome:
-    """The job wrapper in a worker thread: the caller's context, a timer, no raise."""
+class _Timing:
+    """A job's run time, written by the worker thread and read on the loop once it is done."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+
+def _timed(timing: _Timing, ctx: contextvars.Context, fn: Callable[..., Any],
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A thread job: run in the submitter's context, timed."""
     start = time.perf_counter()
     try:
-        value = ctx.run(fn, *args)
-    except Exception as exc:
-        return time.perf_counter() - start, False, exc
-    return time.perf_counter() - start, True, value
+        return ctx.run(fn, *args, **kwargs)
+    finally:
+        timing.seconds = time.perf_counter() - start
 
 
 def _run_in_process(request_id: str | None, bound: dict[str, Any], fn: Callable[..., Any],
                     args: tuple[Any, ...]) -> _Outcome:
-    """The job wrapper in a worker process: a Context cannot be pickled, so the
-    request id and structlog's bound values are sent along and set here."""
-    ctx = contextvars.copy_context()
+    """A process job. A Context cannot be pickled, so the request id and
+    structlog's bound values are sent along and set here; the run time comes
+    back with the result (no raise, so it is known for failures too)."""
+    request_id_var.set(request_id)
+    structlog.contextvars.bind_contextvars(**bound)
+    start = time.perf_counter()
+    try:
+        value = fn(*args)
+    except Exception as exc:
+        return time.perf_counter() - start, False, exc
+    finally:
+        structlog.contextvars.clear_contextvars()
+    return time.perf_counter() - start, True, value
 
-    def call() -> Any:
-        request_id_var.set(request_id)
-        structlog.contextvars.bind_contextvars(**bound)
-        return fn(*args)
 
-    return _run_in_thread(ctx, call, ())
+class _ThreadPool(ThreadPoolExecutor):
+    """A thread pool whose jobs submitted from the event loop are accounted, however submitted.
+
+    ``loop.run_in_executor(offload.io, ...)`` works as well as ``run_io``: the
+    caller's context goes with the job and the pool's ``track`` sees it (metrics,
+    shutdown). Jobs submitted from other threads run plainly, untracked.
+    """
+
+    def __init__(self, workers: int, name: str, initializer: Callable[[], object] | None = None
+                 ) -> None:
+        super().__init__(workers, thread_name_prefix=f"offload-{name}", initializer=initializer)
+        self.track: Callable[[asyncio.AbstractEventLoop, Future[Any], _Timing], None] | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.track is None:
+            return super().submit(fn, *args, **kwargs)
+        timing = _Timing()
+        job: Future[T] = super().submit(_timed, timing, contextvars.copy_context(), fn, args,
+                                        kwargs)
+        self.track(loop, job, timing)
+        return job
 
 
 def _lower_thread_priority() -> None:
@@ -140,7 +178,7 @@ class _Pool:
         self.workers = workers
         # Jobs that may be submitted at once: every worker busy and max_queued waiting.
         self.capacity = None if max_queued is None else workers + max_queued
-        self.jobs: set[Future[_Outcome]] = set()
+        self.jobs: set[Future[Any]] = set()
         self.mean_seconds = 0.0
         self.worker_processes: list[multiprocessing.process.BaseProcess] = []
         self.duration = metrics.executor_duration.labels(name)
@@ -166,15 +204,17 @@ class _Pool:
 class Offload:
     """The service's executors; create once per app, ``close`` on shutdown.
 
-    ``io`` and ``cpu`` are the raw executors, for a library that wants an
-    ``Executor``; prefer ``run_io`` and ``run_cpu``, which carry the context,
-    keep the metrics and count what shutdown abandons.
+    ``io`` and ``cpu`` are the executors themselves, for code that wants an
+    ``Executor`` (``loop.run_in_executor(offload.io, fn)``): jobs submitted to
+    a thread pool from the loop carry the context and are accounted (metrics,
+    shutdown) like those of ``run_io`` and ``run_cpu``. Only ``run_cpu``
+    enforces the backlog bound, and only it can use a process pool.
     """
 
     def __init__(self, settings: OffloadSettings, metrics: Metrics, *,
                  log_settings: LogSettings | None = None) -> None:
         self.settings = settings
-        self.io = ThreadPoolExecutor(settings.io_workers, thread_name_prefix="offload-io")
+        self.io = _ThreadPool(settings.io_workers, "io")
         self.cpu: Executor
         if settings.cpu_kind == "process":
             # spawn, not fork: forking a process that runs threads can copy a
@@ -183,11 +223,13 @@ class Offload:
                 settings.cpu_workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker_process, initargs=(log_settings,))
         else:
-            self.cpu = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="offload-cpu",
-                                          initializer=_lower_thread_priority)
+            self.cpu = _ThreadPool(settings.cpu_workers, "cpu", _lower_thread_priority)
         self._io = _Pool("io", self.io, settings.io_workers, None, metrics)
         self._cpu = _Pool("cpu", self.cpu, settings.cpu_workers, settings.max_queued, metrics)
         self._pools = (self._io, self._cpu)
+        for pool in self._pools:
+            if isinstance(pool.executor, _ThreadPool):
+                pool.executor.track = functools.partial(self._track, pool)
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
@@ -208,34 +250,41 @@ class Offload:
             pool.rejected.inc()
             raise ExecutorBusy(pool.name, retry_after=pool.retry_after())
         loop = asyncio.get_running_loop()
-        job: Future[_Outcome]
-        if pool.processes:
-            job = pool.executor.submit(_run_in_process, request_id_var.get(),
-                                       structlog.contextvars.get_contextvars(), fn, args)
-        else:
-            job = pool.executor.submit(_run_in_thread, contextvars.copy_context(), fn, args)
-        pool.jobs.add(job)
-        self._idle.clear()
-        job.add_done_callback(functools.partial(self._done_in_any_thread, loop, pool))
-        # If this await is cancelled, wrap_future cancels the job when it has
-        # not started; a running job finishes and _job_done frees its slot.
+        if not pool.processes:
+            # The pool's submit carries the context and tracks the job. If this
+            # await is cancelled, wrap_future cancels the job when it has not
+            # started; a running job finishes and _job_done frees its slot.
+            return await asyncio.wrap_future(pool.executor.submit(fn, *args), loop=loop)
+        job: Future[_Outcome] = pool.executor.submit(
+            _run_in_process, request_id_var.get(), structlog.contextvars.get_contextvars(),
+            fn, args)
+        self._track(pool, loop, job, _Timing())
         _, ok, value = await asyncio.wrap_future(job, loop=loop)
         if ok:
             return cast(T, value)
         raise value
 
+    def _track(self, pool: _Pool, loop: asyncio.AbstractEventLoop, job: Future[Any],
+               timing: _Timing) -> None:
+        """On the loop, at submission: the job holds a slot until it is done."""
+        pool.jobs.add(job)
+        self._idle.clear()
+        job.add_done_callback(functools.partial(self._done_in_any_thread, loop, pool, timing))
+
     def _done_in_any_thread(self, loop: asyncio.AbstractEventLoop, pool: _Pool,
-                            job: Future[_Outcome]) -> None:
+                            timing: _Timing, job: Future[Any]) -> None:
         # Runs in the worker thread (or the loop's, for a cancelled job).
         # A closed loop raises RuntimeError: the job was abandoned and is counted already.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._job_done, pool, job)
+            loop.call_soon_threadsafe(self._job_done, pool, timing, job)
 
-    def _job_done(self, pool: _Pool, job: Future[_Outcome]) -> None:
+    def _job_done(self, pool: _Pool, timing: _Timing, job: Future[Any]) -> None:
         """On the loop: free the slot and observe the run time."""
         pool.jobs.discard(job)
-        if not job.cancelled() and job.exception() is None:
+        seconds = timing.seconds
+        if pool.processes and not job.cancelled() and job.exception() is None:
             seconds = job.result()[0]
+        if seconds is not None:
             pool.duration.observe(seconds)
             # A moving mean (weight 1/10) for the Retry-After estimate.
             pool.mean_seconds += (seconds - pool.mean_seconds) * 0.1

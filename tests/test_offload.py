@@ -199,6 +199,26 @@ async def test_io_jobs_are_not_bounded_by_the_cpu_backlog(offload: Offload, gate
 
 
 @pytest.mark.asyncio
+async def test_run_in_executor_on_the_io_pool_is_accounted_like_run_io(
+    offload: Offload, gate: Gate,
+) -> None:
+    """``run_in_executor(offload.io, ...)`` (the sink's way): context, metrics, shutdown apply."""
+    loop = asyncio.get_running_loop()
+    request_id_var.set("rid-raw")
+    assert await loop.run_in_executor(offload.io, _request_id) == "rid-raw"
+    job = loop.run_in_executor(offload.io, gate.job, 3)
+    await gate.wait_started()
+    assert offload._io.running() == 1
+    gate.opened.set()
+    assert await job == 3
+    await _until(lambda: not offload._io.jobs)
+    assert offload._io.duration.count == 2
+    # Submitted from a thread with no loop, a job runs plainly: no context, untracked.
+    assert await asyncio.to_thread(lambda: offload.io.submit(_request_id).result(5)) is None
+    assert offload._io.duration.count == 2
+
+
+@pytest.mark.asyncio
 async def test_close_abandons_a_stuck_job_within_its_timeout(gate: Gate) -> None:
     off = Offload(OffloadSettings(cpu_workers=1, max_queued=2), Metrics())
     before = offload_module.abandoned_jobs()
