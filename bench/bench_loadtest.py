@@ -7,9 +7,10 @@ neighbour hits both alike. Rows: the ratio of the median req/s (target 0.9,
 ISSUE 7: a plain ``ClientSession`` loop reached ~0.7) and of the median
 p50/p90/p99 (target within 10%).
 
-TCP: a bare uvloop ``Protocol`` PONG server on core 0; ``bench/loadtest_ref/
-pingclient.c`` (epoll, compiled here when a C compiler exists) and
-``service loadtest tcp --scenario tcp-ping -c 32`` take turns on core 1.
+TCP: the service's TCP core (``service serve``), then a bare uvloop
+``Protocol`` PONG server, on core 0; ``bench/loadtest_ref/pingclient.c``
+(epoll, compiled here when a C compiler exists) and ``service loadtest tcp
+--scenario tcp-ping -c 32`` take turns on core 1.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only loadtest"``.
 """
@@ -82,10 +83,24 @@ def _pin(core: int) -> list[str]:
 
 
 @contextmanager
-def _server(source: str) -> Iterator[int]:
-    """``source`` run as a server pinned to core 0; yields its port once it accepts."""
+def _server(source: str | None, env: dict[str, str] | None = None) -> Iterator[int]:
+    """``source`` (None: ``service serve``) as a server pinned to core 0; yields its port.
+
+    The service gets its TCP port from the environment; its other listeners
+    take any free port and it writes its events to a temporary file.
+    """
     port = _free_port()
-    proc = subprocess.Popen([*_pin(0), sys.executable, "-c", source, str(port)], cwd=ROOT)
+    tmp: str | None = None
+    if source is None:
+        cmd = [sys.executable, "-m", "service", "serve"]
+        tmp = tempfile.mkdtemp(prefix="bench-loadtest-")
+        env = {**os.environ, "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": "0",
+               "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(port),
+               "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+               "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / "events.jsonl"), **(env or {})}
+    else:
+        cmd = [sys.executable, "-c", source, str(port)]
+    proc = subprocess.Popen([*_pin(0), *cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -104,6 +119,8 @@ def _server(source: str) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wrk(url: str, seconds: int) -> dict[str, float]:
@@ -190,19 +207,23 @@ def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
 
 def tcp_rows(seconds: int) -> list[dict[str, Any]]:
     exe = _c_client()
-    with _server(BARE_PONG) as port:
-        ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
-                              "-c", str(TCP_CONNECTIONS)], seconds)
-        if exe is None:
-            runs = [ours() for _ in range(ROUNDS)]
-            return [{"name": "loadtest tcp-ping (bare uvloop PONG, c32)",
-                     "value": _median(runs, "rps"), "unit": "rt/s", "baseline": None,
-                     "baseline_value": None, "ratio": None, "target": None,
-                     "note": "no C compiler: no reference client"}]
-        ours_runs, c_runs = _alternate(ours, lambda: _c_ping(exe, port, seconds))
-    return [_row("loadtest tcp-ping vs C epoll client (bare PONG, c32)",
-                 _median(ours_runs, "rps"), "rt/s", "C client", _median(c_runs, "rps"),
-                 ">= 0.90", f"median of {ROUNDS} alternating {seconds}s runs")]
+    rows = []
+    for label, source in (("the service's TCP core", None), ("bare uvloop PONG", BARE_PONG)):
+        with _server(source) as port:
+            ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
+                                  "-c", str(TCP_CONNECTIONS)], seconds)
+            if exe is None:
+                runs = [ours() for _ in range(ROUNDS)]
+                rows.append({"name": f"loadtest tcp-ping ({label}, c32)",
+                             "value": _median(runs, "rps"), "unit": "rt/s", "baseline": None,
+                             "baseline_value": None, "ratio": None, "target": None,
+                             "note": "no C compiler: no reference client"})
+                continue
+            ours_runs, c_runs = _alternate(ours, lambda: _c_ping(exe, port, seconds))
+        rows.append(_row(f"loadtest tcp-ping vs C epoll client ({label}, c32)",
+                         _median(ours_runs, "rps"), "rt/s", "C client", _median(c_runs, "rps"),
+                         ">= 0.90", f"median of {ROUNDS} alternating {seconds}s runs"))
+    return rows
 
 
 def run(duration: float) -> list[dict[str, Any]]:
