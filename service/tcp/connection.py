@@ -335,7 +335,9 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
+        """Cut the connection now (nothing more is written; connection_lost follows)."""
         if self._transport is not None and self.state != CLOSED:
+            self.state = CLOSED
             self._transport.abort()
 
     def peer(self) -> str:

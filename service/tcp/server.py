@@ -14,6 +14,7 @@ cheap, ten thousand of them re-armed on every line are not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -122,9 +123,13 @@ class TcpServer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        await asyncio.sleep(0)  # let the aborted transports call connection_lost
         if self._server is not None and not self.connections:
-            # Nothing is left for wait_closed() to wait for, on any Python version.
-            await self._server.wait_closed()
+            # Nothing is left for wait_closed() to wait for, on any Python version;
+            # bounded all the same, as its meaning changed in 3.12.1.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
         self._server = None
 
     # -- used by connections -----------------------------------------------------
