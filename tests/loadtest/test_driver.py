@@ -14,13 +14,13 @@ from tests.loadtest.servers import CountingApp, drive, plan_for, serve_app, serv
 async def test_duration_run_counts_exactly_what_the_server_counted() -> None:
     target = CountingApp()
     async with serve_app(target.app) as port:
-        report = await drive(plan_for(port, concurrency=8, duration=1.0))
-    assert report.requests > 100
+        report = await drive(plan_for(port, concurrency=8, duration=0.5))
+    assert report.requests > 50
     assert report.requests == target.count
     assert report.statuses == {"200": target.count}
     assert report.errors == 0
     assert report.histogram.get_total_count() == report.requests
-    assert 0.95 < report.duration_seconds < 1.5
+    assert 0.45 < report.duration_seconds < 1.0
     assert report.requests_per_second == pytest.approx(report.requests / report.duration_seconds)
 
 
@@ -134,10 +134,10 @@ async def test_misbehaving_targets_are_errors_by_kind(behaviour: str, kind: str)
 async def test_silent_target_times_out_within_the_timeout() -> None:
     async with serve_raw("silent") as port:
         started = time.monotonic()
-        report = await drive(plan_for(port, concurrency=2, duration=1.0, timeout=0.3))
-    assert time.monotonic() - started < 2.5
+        report = await drive(plan_for(port, concurrency=2, duration=0.7, timeout=0.3))
+    assert time.monotonic() - started < 2.0
     assert report.requests == 0
-    assert report.error_kinds["timeout"] >= 4  # 2 connections, a 0.3 s timeout, 1 s
+    assert report.error_kinds["timeout"] >= 4  # 2 connections, a 0.3 s timeout, 0.7 s
 
 
 @pytest.mark.asyncio
@@ -155,7 +155,7 @@ async def test_never_hangs_past_duration_plus_grace() -> None:
 async def test_open_loop_counts_requests_it_could_not_send() -> None:
     async with serve_raw("silent") as port:
         report = await drive(plan_for(port, concurrency=1, rate=100.0, duration=0.5,
-                                      timeout=60.0))
+                                      timeout=0.8))
     assert report.error_kinds["timeout"] == 1
     assert 40 <= report.error_kinds["unsent"] <= 51
 
