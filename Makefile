@@ -46,5 +46,20 @@ rename:  ## rename the package, script, metric/env prefixes and compose services
 	@test -n "$(NAME)" || (echo "usage: make rename NAME=your_service" >&2; exit 2)
 	$(PYTHON) scripts/rename.py $(NAME)
 
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)  ## atheris on the event parsers (FUZZ_SECONDS) and a long schemathesis run
+	$(BIN)/python -m pip install --quiet 'atheris>=2.3,<4'
+	mkdir -p data/fuzz-corpus
+	$(BIN)/python fuzz/fuzz_events.py data/fuzz-corpus fuzz/corpus -max_total_time=$(FUZZ_SECONDS)
+	SCHEMATHESIS_MAX_EXAMPLES=500 $(BIN)/pytest tests/test_openapi.py tests/test_fuzz_parsers.py
+
+SOAK_SECONDS ?= 600
+soak: $(STAMP)  ## mixed load at ~70% of capacity with 1% faults for SOAK_SECONDS; fails on leaks, 5xx, loss
+	$(BIN)/python scripts/soak.py --duration $(SOAK_SECONDS) $(SOAK_ARGS)
+
+audit: $(STAMP)  ## pip-audit of the installed dependencies (needs its vulnerability service)
+	$(BIN)/python -m pip install --quiet -e '.[audit]'
+	$(BIN)/pip-audit --skip-editable
+
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data
