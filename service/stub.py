@@ -12,7 +12,7 @@ downstream client can be tested against real sockets:
   malformed|big``; ``POST /control`` changes the process-wide knobs at run time.
 
 It honours ``X-Request-Deadline-Ms`` (the caller's remaining budget): it never
-works past it and answers 504 instead. ``GET /stats`` reports what it saw,
+works past it and answers 504 instead, 10 ms early. ``GET /stats`` reports what it saw,
 including the requests the caller cancelled (the connection closed while the
 handler ran) and the number in flight, so tests can prove that cancellation
 reaches the downstream.
@@ -43,6 +43,7 @@ from aiohttp import web
 USERS = 1000
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 REQUEST_ID_HEADER = "X-Request-ID"
+DEADLINE_MARGIN = 0.01
 _FAIL_KINDS = ("500", "503", "reset", "malformed", "big")
 
 
@@ -155,7 +156,10 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
     if knobs.latency_jitter_ms:
         latency += rnd.uniform(0, knobs.latency_jitter_ms / 1000)
     deadline = request.headers.get(DEADLINE_HEADER)
-    budget = float(deadline) / 1000 if deadline and deadline.isdigit() else None
+    # Give up a little before the caller does, so the 504 arrives while it still
+    # listens and the connection stays reusable (instead of being torn down).
+    budget = (max(0.0, int(deadline) / 1000 - DEADLINE_MARGIN)
+              if deadline and deadline.isdigit() else None)
 
     stats.in_flight += 1
     try:

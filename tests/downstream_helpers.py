@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from service.config import DownstreamSettings
 from service.downstream.client import DownstreamClient
 from service.metrics import Metrics
 from tests.conftest import make_settings
+from tests.helpers import ServiceProcess, service_env
 
 
 @dataclass
@@ -75,3 +76,31 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def stub_process(name: str, *args: str) -> Iterator[ServiceProcess]:
+    """``service stub --name NAME --port 0 ARGS`` in a subprocess, stopped at the end."""
+    with _process(ServiceProcess(["stub", "--name", name, "--port", "0", *args])) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def _process(proc: ServiceProcess) -> Iterator[ServiceProcess]:
+    proc.start()
+    try:
+        proc.wait_listening()
+        yield proc
+    finally:
+        if proc.proc is not None:
+            if proc.proc.poll() is None:
+                proc.stop(15)
+            if proc.proc.stdout is not None:
+                proc.proc.stdout.close()  # ServiceProcess leaves the pipe open
+
+
+@contextlib.contextmanager
+def service_process(env: dict[str, str]) -> Iterator[ServiceProcess]:
+    """``service serve`` with every port free, loopback only, and ``env`` on top."""
+    with _process(ServiceProcess(["serve"], env={**service_env(), **env})) as proc:
+        yield proc

@@ -7,11 +7,10 @@ from collections import Counter
 
 import pytest
 import uvloop
-from tenacity import RetryCallState
 
 from service.downstream import BadResponse, Deadline
 from service.downstream.client import DownstreamClient
-from service.downstream.retry import RetryBudget
+from service.downstream.retry import RetryBudget, full_jitter
 from service.metrics import Metrics
 from tests.downstream_helpers import downstream_settings, running_stub
 
@@ -37,6 +36,14 @@ def test_budget_saves_at_most_its_burst() -> None:
     assert budget.tokens == 3
 
 
+def test_full_jitter_is_capped_exponential_and_random() -> None:
+    assert full_jitter(1, 0.1, 1.0, uniform=lambda lo, hi: hi) == pytest.approx(0.1)
+    assert full_jitter(3, 0.1, 1.0, uniform=lambda lo, hi: hi) == pytest.approx(0.4)
+    assert full_jitter(10, 0.1, 1.0, uniform=lambda lo, hi: hi) == 1.0
+    assert full_jitter(3, 0.1, 1.0, uniform=lambda lo, hi: lo) == 0.0
+    assert len({full_jitter(2, 0.1, 1.0) for _ in range(100)}) == 100
+
+
 class CountingClient(DownstreamClient):
     """Records every attempt per calling task and every backoff delay chosen."""
 
@@ -49,9 +56,9 @@ class CountingClient(DownstreamClient):
         self.attempts[asyncio.current_task()] += 1
         return await super().attempt(*args, **kwargs)  # type: ignore[arg-type]
 
-    def _count_retry(self, retry_state: RetryCallState) -> None:
-        self.delays.append((retry_state.attempt_number, retry_state.upcoming_sleep))
-        super()._count_retry(retry_state)
+    def _count_retry(self, attempt: int, delay: float) -> None:
+        self.delays.append((attempt, delay))
+        super()._count_retry(attempt, delay)
 
 
 @pytest.mark.slow

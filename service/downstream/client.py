@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from tenacity import RetryCallState
 
 from service.config import DownstreamSettings
 from service.downstream.breaker import CircuitBreaker
@@ -98,10 +97,8 @@ class DownstreamClient:
     # -- calls --------------------------------------------------------------
     async def get_json(self, path: str, deadline: Deadline, what: str = "resource") -> Any:
         """``GET`` (idempotent, so retried under the policy and the budget)."""
-        async for attempt in self.retry.retrying(deadline):
-            with attempt:
-                return await self.attempt("GET", path, deadline, what=what)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return await self.retry.run(lambda: self.attempt("GET", path, deadline, what=what),
+                                    deadline)
 
     async def post_json(self, path: str, body: Any, deadline: Deadline,
                         what: str = "resource") -> Any:
@@ -204,7 +201,7 @@ class DownstreamClient:
         except orjson.JSONDecodeError:
             raise BadResponse(self.name, "malformed JSON", retryable=False) from None
 
-    def _count_retry(self, retry_state: RetryCallState) -> None:
+    def _count_retry(self, attempt: int, delay: float) -> None:
         self._retries.value += 1
 
     def stats(self) -> Mapping[str, float]:
