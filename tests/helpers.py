@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -130,12 +132,21 @@ class ServiceProcess:
         return [line for line in self.lines if line.get("event") == name]
 
 
+_sink_files = itertools.count(1)
+
+
 def service_env(**overrides: Any) -> dict[str, str]:
-    """Environment for a test service: every listener on a free port, loopback only."""
+    """Environment for a test service: every listener on a free port, loopback only.
+
+    The pipeline's sink is a fresh file under the temp directory, not ./data.
+    """
+    sink = (Path(tempfile.gettempdir()) / f"service-tests-{os.getpid()}"
+            / f"events-{next(_sink_files)}.jsonl")
     env = {
         "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": "0",
         "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": "0",
         "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+        "SERVICE_PIPELINE__SINK_PATH": str(sink),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env
