@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,15 +62,21 @@ class Driver:
         self.m = Measured()
         self.conns: set[Connection] = set()
         self.idle: list[Connection] = []
-        self.backlog: deque[float] = deque()  # intended send times waiting for a connection
         self.started = False
         self.sending = True
         self.t_sched = 0.0  # the open loop's time zero
         self.t_measure = math.inf  # latency origins from here on are measured
         self.t_stop = 0.0
         self.last_done = 0.0
-        self.budget = plan.requests  # measured sends left; None: unbounded
-        self.issued = 0  # open loop: requests scheduled so far
+        self.budget = plan.requests  # closed loop: measured sends left; None: unbounded
+        # The open loop's requests are numbered: request i is due at t_sched + i / rate.
+        # Those in [dispatched, due) wait for a connection (the backlog: two ints, so
+        # an overloaded target cannot grow the client's memory); from first_measured on
+        # they are measured; the loop stops scheduling at limit (--requests).
+        self.due = 0
+        self.dispatched = 0
+        self.first_measured = 0
+        self.limit = math.inf
         self.inflight = 0
         self.finished = 0
         # An answer to the request in flight on a connection: record it, send the next.
@@ -134,9 +139,8 @@ class Driver:
     def _next(self, conn: Connection, now: float) -> None:
         """Give an available connection its next request, or park it."""
         if self.plan.rate is not None:
-            if self.backlog:
-                self.inflight += 1
-                conn.send(self.next_request(), self.backlog.popleft())
+            if self.dispatched < self.due:
+                self._dispatch(conn)
             elif self.sending:
                 self.idle.append(conn)
             else:
@@ -159,32 +163,41 @@ class Driver:
             self.sending = False
         return True
 
+    def _dispatch(self, conn: Connection) -> None:
+        """Open loop: send the oldest due request on ``conn``, timed from when it was due."""
+        rate = self.plan.rate
+        assert rate is not None
+        intended = self.t_sched + self.dispatched / rate
+        self.dispatched += 1
+        self.inflight += 1
+        conn.send(self.next_request(), intended)
+
     def _tick(self) -> None:
         """Open loop: hand out every request that is due by now, then sleep till the next."""
         self._tick_handle = None
         if not self.sending:
             return
-        now = perf_counter()
         rate = self.plan.rate
         assert rate is not None
-        due = int((now - self.t_sched) * rate) + 1
-        while self.issued < due:
-            intended = self.t_sched + self.issued / rate
-            self.issued += 1
-            if self.budget is not None and intended >= self.t_measure:
-                self.budget -= 1
-                if self.budget <= 0:
-                    self.sending = False
-            if self.idle:
-                self.inflight += 1
-                self.idle.pop().send(self.next_request(), intended)
-            else:
-                self.backlog.append(intended)
-            if not self.sending:
-                self._check_done()
-                return
-        delay = max(self.t_sched + self.issued / rate - perf_counter(), MIN_TICK)
+        self.due = int(min((perf_counter() - self.t_sched) * rate + 1, self.limit))
+        idle = self.idle
+        while idle and self.dispatched < self.due:
+            self._dispatch(idle.pop())
+        if self.due >= self.limit:
+            self.sending = False
+            self._check_done()
+            return
+        delay = max(self.t_sched + self.due / rate - perf_counter(), MIN_TICK)
         self._tick_handle = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _begin_measure(self, now: float) -> None:
+        """Requests whose latency origin is ``now`` or later are measured."""
+        self.t_measure = now
+        rate = self.plan.rate
+        if rate is not None:
+            self.first_measured = math.ceil((now - self.t_sched) * rate)
+            if self.plan.requests is not None:
+                self.limit = self.first_measured + self.plan.requests
 
     # -- connection events ----------------------------------------------------------
 
@@ -218,9 +231,9 @@ class Driver:
         """A failed connect is a failed request: it uses up a ticket so bounded runs end."""
         now = perf_counter()
         if self.plan.rate is not None:
-            if self.backlog:
-                intended = self.backlog.popleft()
-                if intended >= self.t_measure:
+            if self.dispatched < self.due:
+                self.dispatched += 1
+                if self.dispatched > self.first_measured and now >= self.t_measure:
                     self.m.error(kind)
                     self.finished += 1
             elif now >= self.t_measure:
@@ -233,7 +246,7 @@ class Driver:
         self._check_done()
 
     def _check_done(self) -> None:
-        if (not self.sending and self.inflight == 0 and not self.backlog
+        if (not self.sending and self.inflight == 0 and self.dispatched >= self.due
                 and self._done is not None and not self._done.done()):
             self._done.set_result(None)
 
@@ -281,7 +294,7 @@ class Driver:
         self.started = True
         self.t_sched = perf_counter()
         if self.plan.warmup <= 0:
-            self.t_measure = self.t_sched
+            self._begin_measure(self.t_sched)
         if self.plan.rate is not None:
             self._tick()
         else:
@@ -297,10 +310,10 @@ class Driver:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-        unsent = sum(1 for t in self.backlog if t >= self.t_measure)
-        if unsent:
+        unsent = self.due - max(self.dispatched, self.first_measured)
+        if unsent > 0 and math.isfinite(self.t_measure):
             self.m.errors["unsent"] = self.m.errors.get("unsent", 0) + unsent
-        self.backlog.clear()
+        self.due = self.dispatched
         self._check_done()
 
     async def run(self, ready: Callable[[], Awaitable[None]] | None = None) -> Measured:
@@ -320,7 +333,7 @@ class Driver:
                 self._start()
                 if plan.warmup > 0:
                     await asyncio.sleep(plan.warmup)
-                    self.t_measure = perf_counter()
+                    self._begin_measure(perf_counter())
                 await asyncio.wait([self._done], timeout=plan.duration)
                 self.stop_sending()
                 if not self._done.done():

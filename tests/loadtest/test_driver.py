@@ -44,6 +44,17 @@ async def test_warmup_requests_are_sent_but_not_counted() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("rate", [None, 500.0])
+async def test_requests_after_warmup_are_exactly_n(rate: float | None) -> None:
+    target = CountingApp()
+    async with serve_app(target.app) as port:
+        report = await drive(plan_for(port, concurrency=4, duration=None, requests=100,
+                                      warmup=0.3, rate=rate))
+    assert report.requests == 100
+    assert target.count > 100  # the warmup's requests reached the server too
+
+
+@pytest.mark.asyncio
 async def test_open_loop_holds_the_rate() -> None:
     target = CountingApp()
     async with serve_app(target.app) as port:
