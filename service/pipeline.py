@@ -10,7 +10,10 @@ An event is *acknowledged* (its id handed to the client) once it is in the
 ingest queue, and *delivered* once the sink has made its batch durable.
 Everything between the two is bounded: when the ingest queue is full,
 intake refuses (HTTP 429, TCP stops reading then ``ERR overloaded``) instead
-of buffering more, so memory stays flat however hard clients push.
+of buffering more, so memory stays flat however hard clients push. At most
+``ingest_capacity + enrich_capacity + enrich_workers * WORKER_BATCH +
+batch_size`` events are held (the queues, one batch in each worker's hands,
+the batch being written).
 
 Nothing acknowledged is lost on purpose: an enrichment failure writes the
 event unenriched (``"enrichment": "failed"``), a failed sink write is

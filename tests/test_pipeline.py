@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from service.config import PipelineSettings
@@ -14,8 +15,10 @@ from service.enrich import LocalUsers
 from service.errors import IntakeClosed, IntakeFull
 from service.events import Event
 from service.metrics import Metrics
-from service.pipeline import EventIds, Pipeline
+from service.pipeline import WORKER_BATCH, EventIds, Pipeline
 from service.sinks import FileSink
+from service.tcp import TcpServer
+from tests.conftest import make_settings
 from tests.pipeline_helpers import MemorySink
 
 
@@ -300,3 +303,46 @@ def test_event_ids_are_unique_across_generators() -> None:
     a, b = EventIds(), EventIds()
     ids = {a.new() for _ in range(1000)} | {b.new() for _ in range(1000)}
     assert len(ids) == 2000
+
+
+@pytest.mark.asyncio
+async def test_tcp_clients_stop_being_read_while_the_sink_is_stalled() -> None:
+    """TCP backpressure end to end: a stalled sink fills the queues, the server stops reading.
+
+    The client's 40,000 lines then stay in its own socket buffers (the
+    service holds at most its queues' capacity); once the sink moves again,
+    every line is answered and every ``OK <id>`` is in the sink.
+    """
+    sink = MemorySink()
+    sink.running.clear()
+    metrics = Metrics()
+    tcp = make_settings(tcp={"overload_timeout": 0.2}).tcp
+    async with Pipeline(settings(ingest_capacity=200, enrich_capacity=200, batch_size=100),
+                        metrics, LocalUsers(), sink) as p:
+        server = TcpServer(tcp, metrics, intake=p)
+        port = (await server.start())[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            line = orjson.dumps({**ev(), "payload": {"pad": "x" * 600}}) + b"\n"
+            total = 40_000  # 25 MB: more than loopback's socket buffers hold
+            writer.write(line * total)
+            await wait_for(lambda: p.full)
+            await asyncio.sleep(0.5)
+            # Held by the service: the queues, one batch per worker and the
+            # stalled sink's batch, no more.
+            assert p.accepted <= 200 + 200 + 2 * WORKER_BATCH + 100
+            unread = writer.transport.get_write_buffer_size()
+            assert unread > len(line) * total * 0.3, unread  # the server stopped reading
+            sink.running.set()
+            answers: list[bytes] = []
+            async with asyncio.timeout(60):
+                while len(answers) < total:
+                    answers.append(await reader.readline())
+        finally:
+            writer.close()
+            await server.finish(1)
+        await p.drain(10)
+    ok = [a[3:].strip().decode() for a in answers if a.startswith(b"OK ")]
+    assert all(a.startswith((b"OK ", b"ERR overloaded")) for a in answers)
+    assert sorted(ok) == sorted(sink.ids())
+    assert len(ok) > total * 0.9
