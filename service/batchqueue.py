@@ -16,7 +16,8 @@ bound with it.
   while the total stays within ``limit``, or split at ``limit``;
 * :data:`STOP` is a marker batch a consumer ends on; it is never merged.
 
-Waiters are woken one at a time, in order, the way ``asyncio.Queue`` does.
+Waiters are woken in order: a getter per batch put, a putter per item of
+room freed.
 Only the event loop thread may use a queue.
 """
 
@@ -58,7 +59,7 @@ class BatchQueue(Generic[T]):
         """Append ``batch`` (the caller has checked :meth:`room`; STOP always fits)."""
         self._batches.append(batch)
         self._size += len(batch)
-        _wake_one(self._getters)
+        _wake(self._getters, 1)
 
     async def put(self, batch: list[T]) -> None:
         """Append ``batch`` once there is room for all of it."""
@@ -77,7 +78,7 @@ class BatchQueue(Generic[T]):
                 waiter.cancel()
                 self._putters.remove(waiter)
             elif not waiter.cancelled() and self.room() > 0:
-                _wake_one(self._putters)  # pass on a wake-up this waiter cannot use
+                _wake(self._putters, 1)  # pass on a wake-up this waiter cannot use
             raise
 
     def wake_all(self) -> None:
@@ -106,7 +107,9 @@ class BatchQueue(Generic[T]):
             while batches and batches[0] is not STOP and len(batch) + len(batches[0]) <= limit:
                 batch.extend(batches.popleft())
         self._size -= len(batch)
-        _wake_one(self._putters)
+        # One waiter per free slot (each needs at least one): waking only one
+        # would strand the others while the queue sits empty.
+        _wake(self._putters, self.room())
         return batch
 
     async def get(self, limit: int) -> list[T]:
@@ -121,14 +124,15 @@ class BatchQueue(Generic[T]):
                     waiter.cancel()
                     self._getters.remove(waiter)
                 elif not waiter.cancelled() and self._batches:
-                    _wake_one(self._getters)
+                    _wake(self._getters, 1)
                 raise
         return self.get_nowait(limit)
 
 
-def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
-    while waiters:
+def _wake(waiters: deque[asyncio.Future[None]], n: int) -> None:
+    """Wake up to ``n`` waiters, oldest first, skipping those already cancelled."""
+    while n > 0 and waiters:
         waiter = waiters.popleft()
         if not waiter.done():
             waiter.set_result(None)
-            return
+            n -= 1
