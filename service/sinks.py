@@ -170,6 +170,11 @@ def make_sink(settings: PipelineSettings, executor: Executor | None = None) -> S
     """The backend ``pipeline.sink`` names."""
     if settings.sink == "file":
         return FileSink(settings.sink_path, executor)
+    if settings.sink == "redis":
+        # Imported here: only a service that writes to Redis pays for redis-py.
+        from service.sinks_redis import RedisSink
+
+        return RedisSink(settings.redis_url, settings.redis_stream, settings.redis_maxlen)
     raise ConfigError("pipeline.sink", f"the {settings.sink!r} backend is not available yet")
 
 

@@ -6,7 +6,7 @@ import orjson
 from aiohttp import web
 
 from service import __version__
-from service.keys import SETTINGS, STATE
+from service.keys import PIPELINE, SETTINGS, STATE
 
 _LIVE = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
@@ -19,8 +19,13 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while serving; 503 during start-up and from the first moment of shutdown."""
-    if request.app[STATE].ready:
+    """200 while serving; 503 during start-up, from the first moment of shutdown,
+    and while the pipeline's sink cannot write (e.g. Redis is down: events would
+    only queue up, so a load balancer should prefer another replica).
+    """
+    app = request.app
+    pipeline = app.get(PIPELINE)
+    if app[STATE].ready and (pipeline is None or pipeline.healthy):
         return web.Response(body=_READY, content_type="application/json")
     return web.Response(body=_NOT_READY, status=503, content_type="application/json")
 
