@@ -196,12 +196,13 @@ def test_slow_downstream_is_cut_at_the_deadline_without_hurting_other_routes() -
 
 
 # Debug mode records a traceback for every callback and task, which makes the
-# service about ten times slower: it gets a looser drain bound (the 1 s of the
-# issue is checked without it).
-@pytest.mark.parametrize(("loop", "debug", "drain_bound"),
-                         [("uvloop", "false", 1.0), ("asyncio", "true", 3.0)])
+# service about ten times slower: there the clients give up after 300 ms (at 50
+# ms few requests get as far as the orders call) and the drain bound is looser.
+# The issue's figures (50 ms, 1 s) are checked on the production loop.
+@pytest.mark.parametrize(("loop", "debug", "abort_after", "drain_bound"),
+                         [("uvloop", "false", 0.05, 1.0), ("asyncio", "true", 0.3, 2.0)])
 def test_aborted_clients_stop_downstream_calls_without_task_warnings(
-        loop: str, debug: str, drain_bound: float) -> None:
+        loop: str, debug: str, abort_after: float, drain_bound: float) -> None:
     """500 requests abandoned after 50 ms: orders in flight reaches 0 within 1 s; clean log.
 
     Real processes. In asyncio debug mode a leaked task or an exception never
@@ -229,7 +230,7 @@ def test_aborted_clients_stop_downstream_calls_without_task_warnings(
                     await asyncio.gather(*(http.get(summary) for _ in range(50)))
                 await http.post(orders.url("/control"),
                                 json={"latency_ms": 5000, "reset_stats": True})
-            timeout = aiohttp.ClientTimeout(total=0.05)
+            timeout = aiohttp.ClientTimeout(total=abort_after)
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
 
@@ -252,7 +253,9 @@ def test_aborted_clients_stop_downstream_calls_without_task_warnings(
         assert stats["requests"] > 0, stats
         assert stats["in_flight"] == 0
         assert drained_after < drain_bound
-        assert stats["cancelled"] == stats["requests"]
+        outcomes = {k: v for k, v in scrape(service.url("/metrics", "admin")).items()
+                    if "downstream_requests_total" in k and 'service="orders"' in k and v}
+        assert stats["cancelled"] == stats["requests"], (stats, outcomes)
         assert service.stop(20) == 0
     output = service.output()
     assert "Task was destroyed but it is pending" not in output

@@ -21,10 +21,6 @@ class Bulkhead:
         self.max_wait = max_wait
         self._slots = asyncio.Semaphore(size)
 
-    @property
-    def in_use(self) -> int:
-        return self.size - self._slots._value
-
     async def __aenter__(self) -> None:
         if not self._slots.locked():
             await self._slots.acquire()  # a free slot: does not suspend

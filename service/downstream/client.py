@@ -132,10 +132,13 @@ class DownstreamClient:
         except BadResponse:
             self.breaker.record_failure(ticket)
             raise
-        except BaseException:
-            # The caller's cancellation (or a bug): nothing learnt about the downstream.
+        except asyncio.CancelledError:
+            # The caller's cancellation: nothing learnt about the downstream.
             outcome = "cancelled"
             self.breaker.record_neutral(ticket)
+            raise
+        except BaseException:
+            self.breaker.record_neutral(ticket)  # a bug here, not the downstream's fault
             raise
         else:
             outcome = "ok"
