@@ -123,8 +123,12 @@ class FileSink:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.set_aside = set_aside_torn_tail(self.path)
+            created = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
+            if created:
+                # A new file's directory entry must survive a crash too.
+                _fsync_dir(self.path.parent)
 
     def _write(self, lines: Sequence[SinkLine]) -> None:
         data = b"\n".join([line for _, line in lines]) + b"\n"
@@ -178,6 +182,14 @@ def make_sink(settings: PipelineSettings, executor: Executor | None = None) -> S
     raise ConfigError("pipeline.sink", f"the {settings.sink!r} backend is not available yet")
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def set_aside_torn_tail(path: Path) -> int:
     """Move bytes after the last newline of ``path`` to a side file; return their count.
 
@@ -215,6 +227,7 @@ def set_aside_torn_tail(path: Path) -> int:
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())
+    _fsync_dir(path.parent)
     log.warning("sink had a torn last line: set aside", path=str(path), bytes=len(torn),
                 kept_bytes=keep, side_file=str(side))
     return len(torn)
