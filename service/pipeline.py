@@ -144,6 +144,9 @@ class Pipeline:
                 await asyncio.wait([runner])
         finally:
             await self.sink.close()
+        if not self._drained and self.accepted > self.delivered:
+            log.warning("pipeline closed without a drain", accepted=self.accepted,
+                        delivered=self.delivered, dropped=self.accepted - self.delivered)
 
     @property
     def closed(self) -> bool:
