@@ -17,6 +17,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service import stub
 from service.app import create_app
+from service.downstream import (
+    BadResponse,
+    CircuitOpen,
+    DownstreamNotFound,
+    DownstreamTimeout,
+)
+from service.errors import ProblemError
+from service.keys import METRICS
+from service.routes.summary import problem_for
 from tests.conftest import make_settings
 from tests.downstream_helpers import (
     Stub,
@@ -89,6 +98,28 @@ async def test_failing_downstream_is_a_502_then_an_open_breaker_a_503() -> None:
         assert statuses == [502, 502, 502, 503, 503]
         assert resp.headers["Retry-After"] == "5"
         assert orders.stats.requests == 3
+        gauge = client.app[METRICS].downstream_circuit_open.collect()
+        assert {s.labels["service"]: s.value for s in gauge.samples} == {
+            "users": 0.0, "orders": 1.0}
+
+
+@pytest.mark.parametrize(("errors", "status"), [
+    ([DownstreamTimeout("orders"), DownstreamNotFound("users", "user")], 404),
+    ([BadResponse("users", "x", retryable=True), CircuitOpen("orders", 2.5)], 503),
+    ([BadResponse("users", "x", retryable=False), DownstreamTimeout("orders")], 504),
+    ([BadResponse("orders", "x", retryable=False)], 502),
+])
+def test_fan_out_failures_map_to_the_most_telling_status(
+        errors: list[Exception], status: int) -> None:
+    problem = problem_for(ExceptionGroup("fan-out", errors))
+    assert isinstance(problem, ProblemError)
+    assert problem.status == status
+
+
+def test_request_deadline_is_a_504_and_a_bug_stays_a_bug() -> None:
+    assert getattr(problem_for(TimeoutError()), "status", None) == 504
+    group = ExceptionGroup("fan-out", [KeyError("bug"), DownstreamTimeout("orders")])
+    assert problem_for(group) is group  # re-raised as is: logged and answered 500
 
 
 # The summary load runs in its own process, so its client work does not slow
