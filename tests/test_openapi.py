@@ -28,7 +28,7 @@ from service.middleware import sane_request_id
 from service.routes.openapi import load_spec
 from tests.helpers import ROOT, ServiceProcess, http_get, running_service
 
-MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "20"))
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "15"))
 HAS_STUB = "not implemented yet" not in (ROOT / "service" / "stub.py").read_text()
 
 
