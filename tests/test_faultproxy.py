@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,6 +14,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.faultproxy import FaultProxy
+from tests.helpers import running_service
 
 BODY = b"x" * 100_000
 REQUEST = b"GET /big HTTP/1.1\r\nHost: upstream\r\n\r\n"
@@ -178,3 +180,37 @@ async def test_close_ends_open_connections_and_their_tasks(proxy: FaultProxy) ->
         assert await reader.read() == b""
     assert not any(not t.done() for t in before)
     writer.close()
+
+
+@pytest.mark.asyncio
+async def test_service_answers_broken_downstreams_with_502_and_504(
+        tmp_path: Path) -> None:
+    """The proxy between the service and a real stub: each fault maps to SPEC's status."""
+    with running_service(["stub", "--name", "users", "--port", "0"]) as users, \
+            running_service(["stub", "--name", "orders", "--port", "0"]) as orders:
+        async with FaultProxy("127.0.0.1", users.ports["http"]) as proxy:
+            env = {"SERVICE_DOWNSTREAM__USERS_URL": proxy.url,
+                   "SERVICE_DOWNSTREAM__ORDERS_URL": orders.url(),
+                   "SERVICE_DOWNSTREAM__DEADLINE_SECONDS": "1.0",
+                   "SERVICE_PIPELINE__SINK_PATH": f"{tmp_path}/events.jsonl"}
+            with running_service(env=env) as svc:
+                async with aiohttp.ClientSession() as session:
+                    async def summary(user: str) -> int:
+                        start = time.perf_counter()
+                        async with session.get(svc.url(f"/v1/users/{user}/summary")) as resp:
+                            await resp.read()
+                        assert time.perf_counter() - start < 3.0  # the deadline holds
+                        return resp.status
+
+                    assert await summary("u1") == 200
+                    proxy.close_without_answer = True
+                    assert await summary("u2") in (502, 503)
+                    proxy.clear()
+                    proxy.reset_after = 5
+                    assert await summary("u3") in (502, 503)
+                    proxy.clear()
+                    proxy.latency = 2.0  # past the 1 s deadline
+                    assert await summary("u4") in (503, 504)
+                    proxy.clear()
+    assert proxy.stats["close"] >= 1
+    assert proxy.stats["reset"] >= 1
