@@ -13,6 +13,10 @@ Blocking calls and CPU-heavy work never run on the event loop; they run here:
   raised at once, because a request that waits in an unbounded queue costs
   memory and answers too late to matter.
 
+CPU workers run at a lower scheduling priority (nice +10), so on a
+saturated machine the loop thread still wakes on time and the workers take
+the CPU that is left.
+
 Context variables (the request id, structlog's bound values) travel with
 each job, so its log lines carry the request id. A job's slot is held until
 the job really ends: when the awaiting request is cancelled, a queued job is

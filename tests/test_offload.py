@@ -442,11 +442,12 @@ def test_hash_at_full_load_keeps_the_loop_responsive(
 ) -> None:
     """Lag p99 < 10 ms and /livez p99 < 20 ms while the CPU executor is saturated.
 
-    A baseline with no load is measured just before. On a quiet machine (lag
-    p99 <= 1 ms, /livez p99 <= 6 ms) the limits are the plain 10 and 20 ms; on
-    a machine busy with other work they become two lag buckets above, and
-    three times, the baseline's. Hashing on the loop instead fails either way:
-    one hash takes 50-100 ms here and more under load.
+    Baselines with no load are measured just before and just after, so they
+    bracket the machine's own noise. On a quiet machine (lag p99 <= 1 ms,
+    /livez p99 <= 6 ms) the limits are the plain 10 and 20 ms; on a machine
+    busy with other work they become two lag buckets above, and three times,
+    the worse baseline's. Hashing on the loop instead fails either way: one
+    hash takes 50-100 ms here, more under load.
     """
     proc = hash_service
     _wait_executor(proc, 0, 0)
@@ -458,6 +459,9 @@ def test_hash_at_full_load_keeps_the_loop_responsive(
         proc, lambda: wrk.update(_wrk(proc, "/v1/hash", tmp_path, connections=8, seconds=3)))
     hashed = scrape(proc.url("/metrics", "admin"))[
         'service_executor_job_duration_seconds_count{executor="cpu"}'] - hashed_before
+    _wait_executor(proc, 0, 0)
+    after = _responsiveness(proc, lambda: time.sleep(1.5))
+    base = {key: max(base[key], after[key]) for key in base}
     lag_limit = max(0.010, _buckets_above(base["lag_p99"], 2))
     livez_limit = max(0.020, 3 * base["livez_p99"])
     print(f"hash load: {wrk['requests']:.0f} requests, {hashed:.0f} hashed; lag p99 <= "
