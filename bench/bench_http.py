@@ -80,14 +80,22 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> 
     raise RuntimeError(f"server did not answer {url} in {timeout}s")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def _server(cmd: list[str], url: str, env: dict[str, str], log_path: Path) -> Iterator[None]:
+def _server(cmd: list[str], url: str, env: dict[str, str],
+            log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as out:
+        # taskset execs the server: the pid is the server's own.
         proc = subprocess.Popen([*_pin(0), *cmd], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=ROOT)
         try:
             _wait_up(url, proc)
-            yield
+            yield proc
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -97,8 +105,8 @@ def _server(cmd: list[str], url: str, env: dict[str, str], log_path: Path) -> It
                 proc.wait(5)
 
 
-def wrk(url: str, duration: float, connections: int = CONNECTIONS) -> float:
-    """Requests per second that wrk (one thread, pinned to core 1) got from ``url``."""
+def wrk(url: str, duration: float, connections: int = CONNECTIONS) -> tuple[float, int]:
+    """Requests per second and requests that wrk (one thread, on core 1) got from ``url``."""
     cmd = [*_pin(1), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30)
     match = re.search(r"Requests/sec:\s*([\d.]+)", out.stdout)
@@ -107,7 +115,15 @@ def wrk(url: str, duration: float, connections: int = CONNECTIONS) -> float:
     errors = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out.stdout)
     if errors:
         raise RuntimeError(f"{errors.group(1)} error responses:\n{out.stdout}")
-    return float(match.group(1))
+    total = re.search(r"(\d+) requests in", out.stdout)
+    return float(match.group(1)), int(total.group(1)) if total else 0
+
+
+def _run(url: str, pid: int, duration: float) -> tuple[float, float]:
+    """One wrk run: (requests/s, server CPU microseconds per request)."""
+    before = _cpu_seconds(pid)
+    rps, n = wrk(url, duration)
+    return rps, (_cpu_seconds(pid) - before) / max(n, 1) * 1e6
 
 
 def measure(duration: float, rounds: int = ROUNDS,
@@ -129,22 +145,32 @@ def measure(duration: float, rounds: int = ROUNDS,
     svc_url = f"http://127.0.0.1:{svc_port}/v1/info"
     bare: list[float] = []
     svc: list[float] = []
+    bare_cpu: list[float] = []
+    svc_cpu: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, \
             _server([sys.executable, "-c", BARE_APP, str(bare_port)], bare_url, env,
-                    Path(tmp) / "bare.log"), \
+                    Path(tmp) / "bare.log") as bare_proc, \
             _server([sys.executable, "-m", "service", "serve"], svc_url, svc_env,
-                    Path(tmp) / "service.log"):
+                    Path(tmp) / "service.log") as svc_proc:
         # Warm both up (imports, first-request caches, CPU frequency).
         wrk(bare_url, 1)
         wrk(svc_url, 1)
         for _ in range(rounds):
-            bare.append(wrk(bare_url, duration))
-            svc.append(wrk(svc_url, duration))
+            rps, cpu = _run(bare_url, bare_proc.pid, duration)
+            bare.append(rps)
+            bare_cpu.append(cpu)
+            rps, cpu = _run(svc_url, svc_proc.pid, duration)
+            svc.append(rps)
+            svc_cpu.append(cpu)
         access_lines = sum(1 for _ in (Path(tmp) / "service.log").open("rb"))
     return {
         "bare": bare, "service": svc,
         "bare_median": statistics.median(bare), "service_median": statistics.median(svc),
         "ratio": statistics.median(svc) / statistics.median(bare),
+        # CPU per request is far less sensitive to other load on the machine
+        # than throughput; its inverse ratio is what throughput would be alone.
+        "bare_cpu_us": statistics.median(bare_cpu), "service_cpu_us": statistics.median(svc_cpu),
+        "cpu_ratio": statistics.median(bare_cpu) / statistics.median(svc_cpu),
         "service_log_lines": access_lines,
     }
 
@@ -158,6 +184,8 @@ def run(duration: float) -> list[dict[str, Any]]:
         "baseline": "bare aiohttp JSON route", "baseline_value": m["bare_median"],
         "ratio": m["ratio"], "target": ">= 0.8",
         "note": f"median of {len(m['bare'])} alternating runs (bare/service: {runs}); "
+                f"server CPU per request {m['bare_cpu_us']:.1f} us bare vs "
+                f"{m['service_cpu_us']:.1f} us service (ratio {m['cpu_ratio']:.2f}); "
                 f"service wrote {m['service_log_lines']:,} log lines",
     }]
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,10 @@ def _bad_config_cases(tmp: Path) -> list[tuple[dict[str, str], list[str], str]]:
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     """Every kind of bad configuration: exit 2, one stderr line naming it, no traceback."""
-    for env, args, setting in _bad_config_cases(tmp_path):
-        proc = _serve(env, *args)
+    cases = _bad_config_cases(tmp_path)
+    with ThreadPoolExecutor(4) as pool:  # each run is mostly interpreter start-up
+        procs = list(pool.map(lambda case: _serve(case[0], *case[1]), cases))
+    for (env, args, setting), proc in zip(cases, procs, strict=True):
         case = f"env={env} args={args}: stderr={proc.stderr!r} stdout={proc.stdout[-500:]!r}"
         assert proc.returncode == 2, case
         lines = proc.stderr.strip().splitlines()
