@@ -51,7 +51,7 @@ class HeaderTimeoutHandler(RequestHandler):
         self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_late)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        RequestHandler.data_received(self, data)  # not super(): this runs per packet
         # _request_count is aiohttp's count of parsed request heads (web_protocol).
         if self._request_count != self._messages_seen:
             self._messages_seen = self._request_count

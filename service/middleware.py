@@ -21,9 +21,10 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import AbstractResource
+from multidict import istr
 
 from service.errors import ProblemError
 from service.log import AccessLog, get_logger, request_id_var
@@ -33,6 +34,9 @@ from service.state import ServiceState
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Case-insensitive keys made once: a plain str key is folded on every lookup.
+_RID_KEY = istr(REQUEST_ID_HEADER)
+_UA_KEY = hdrs.USER_AGENT
 REQUEST_ID_MAX = 128
 # Letters, digits and a few separators: safe in logs, headers and URLs.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
@@ -138,7 +142,7 @@ def make_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = perf_counter()
-        rid = request.headers.get(REQUEST_ID_HEADER)
+        rid = request.headers.get(_RID_KEY)
         if rid is None or _SANE_REQUEST_ID(rid) is None:
             rid = ids.new()
         # Each request runs in its own task with a copied context, so this
@@ -159,7 +163,7 @@ def make_middleware(
             response = unexpected_error(request, exc)
         finally:
             in_flight.value -= 1
-        response.headers[REQUEST_ID_HEADER] = rid
+        response.headers[_RID_KEY] = rid
         if state.draining:
             # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
             response.force_close()
@@ -182,7 +186,7 @@ def make_middleware(
         if access_log.enabled:
             headers = request.headers
             access_log.log(method, entry.route, request.raw_path, status, duration, rid,
-                           request.remote, headers.get("User-Agent"))
+                           request.remote, headers.get(_UA_KEY))
 
     return middleware
 
