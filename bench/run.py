@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
             rows.extend(mod.run(args.duration))
-        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+        except Exception as exc:  # report and go on with the others
             print(f"!! {name} failed: {exc!r}", file=sys.stderr)
             failed = True
     text = f"Machine: {machine()}\n\n{table(rows)}\n"
