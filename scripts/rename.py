@@ -38,6 +38,7 @@ def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
         (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
         (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
         (re.compile(r"-m service\b"), f"-m {new}"),
+        (re.compile(r'"-m", "service"'), f'"-m", "{new}"'),
         # The package directory in paths: service/, "service" in tool settings.
         (re.compile(r"(?<![\w.-])service/"), f"{new}/"),
         (re.compile(r'(files|include|testpaths) = \["service'), rf'\1 = ["{new}'),
@@ -46,7 +47,10 @@ def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
         (re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
          f"[tool.setuptools.package-data]\n{new} ="),
         # Metric prefix and identifiers: service_http_requests_total, service_env.
-        (re.compile(r"\bservice_(?=[A-Za-z])"), f"{new}_"),
+        # (not compose's "condition: service_healthy", a keyword of the format)
+        (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
+        (re.compile(r'job="service"'), f'job="{new}"'),
+        (re.compile(r"(job_name: )[\"']?service\b[\"']?"), rf"\1{new}"),
         # The namespace default.
         (re.compile(r'namespace: (.*)= "service"'), rf'namespace: \1= "{new}"'),
         (re.compile(r'^namespace = "service"', re.M), f'namespace = "{new}"'),
@@ -54,6 +58,9 @@ def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
         (re.compile(rf"(?<![\w.-])service {words}"), rf"{new} \1"),
         (re.compile(r'"service", "(serve|stub|loadtest)"'), rf'"{new}", "\1"'),
         (re.compile(r'prog="service"'), f'prog="{new}"'),
+        (re.compile(r"``service``"), f"``{new}``"),
+        (re.compile(r"\bservice-(loadtest|overview)\b"), rf"{new}-\1"),
+        (re.compile(r'("tags": \[\s*)"service"'), rf'\1"{new}"'),
         # Compose: the service's own entry and its host name on the compose network.
         (re.compile(r"^  service:$", re.M), f"  {new}:"),
         (re.compile(r"(//|- |condition: service_healthy\n\s+)service(?=[:\s/])"),
