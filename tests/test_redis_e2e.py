@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from service.pipeline import WORKER_BATCH
-from tests.helpers import ServiceProcess, http_get, running_service
+from tests.helpers import ServiceProcess, http_get, running_service, scrape
 from tests.redis_helpers import RedisServer, stream_entries
 
 pytestmark = pytest.mark.slow
@@ -251,6 +251,11 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
                 time.sleep(0.05)
             watcher.stop_event.set()
             watcher.join(10)
+            for proc in procs:  # the outage shows in the sink metrics
+                samples = scrape(proc.url("/metrics", "admin"))
+                assert samples['service_sink_write_failures_total{backend="redis"}'] > 0
+                assert samples['service_sink_batch_size_count{backend="redis"}'] > 0
+                assert samples['service_sink_write_duration_seconds_count{backend="redis"}'] > 0
             codes = stop_all(procs, clients, stop)
             assert codes == [0, 0, 0], procs[0].output()[-3000:]
             ids = check_exactly_once(server, procs, clients)
