@@ -132,6 +132,7 @@ class Stats:
 class Load:
     """An open-loop mixed load; every request is bounded in time and count."""
 
+    TCP_POOL = 4
     MIX = (("events", 40), ("ndjson", 10), ("tcp", 15), ("summary", 15), ("hash", 5),
            ("info", 15))
 
@@ -151,18 +152,27 @@ class Load:
         self._tasks: set[asyncio.Task[None]] = set()
         self._kinds = [k for k, w in self.MIX for _ in range(w)]
 
-    async def __aenter__(self) -> Load:
+    def _new_session(self) -> Any:
         aiohttp = self.aiohttp
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64),
-            timeout=aiohttp.ClientTimeout(total=15))
-        for _ in range(4):
-            self._tcp.put_nowait(await asyncio.open_connection("127.0.0.1", self.tcp_port))
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
+                                     timeout=aiohttp.ClientTimeout(total=15))
+
+    async def reset_session(self) -> None:
+        """Close every idle connection, so the service's fd count holds no client pool."""
+        await self._session.close()
+        self._session = self._new_session()
+        self._close_tcp()
+
+    async def __aenter__(self) -> Load:
+        self._session = self._new_session()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.quiesce()
         await self._session.close()
+        self._close_tcp()
+
+    def _close_tcp(self) -> None:
         while not self._tcp.empty():
             _, writer = self._tcp.get_nowait()
             writer.close()
@@ -208,10 +218,11 @@ class Load:
     async def _one(self, kind: str) -> None:
         async with self._sem:
             try:
-                if kind == "tcp":
-                    await self._tcp_event()
-                else:
-                    await self._http(kind)
+                async with asyncio.timeout(20):  # no request outlives the run
+                    if kind == "tcp":
+                        await self._tcp_event()
+                    else:
+                        await self._http(kind)
             except (self.aiohttp.ClientConnectorError, ConnectionRefusedError):
                 self.stats.errors["refused"] += 1  # after the listener closed: expected
             except (self.aiohttp.ServerDisconnectedError, self.aiohttp.ClientPayloadError,
@@ -257,7 +268,11 @@ class Load:
             self.stats.unexpected.append(f"{route} {resp.status} {body[:200]!r}")
 
     async def _tcp_event(self) -> None:
-        reader, writer = await self._tcp.get()
+        try:
+            reader, writer = self._tcp.get_nowait()
+        except asyncio.QueueEmpty:
+            # Refused once the listener has closed: counted as such, not as a drop.
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.tcp_port)
         reuse = False
         try:
             writer.write(json.dumps(self._event()).encode() + b"\n")
@@ -269,19 +284,14 @@ class Load:
             self.stats.statuses[f"tcp:{line.split()[0].decode()}"] += 1
             if line.startswith(b"OK "):
                 self.stats.acked.add(line[3:].strip().decode())
-                reuse = True
             elif not line.startswith((b"BYE", b"ERR overloaded")):
                 self.stats.unexpected.append(f"tcp {line[:200]!r}")
-            reuse = reuse or line.startswith(b"ERR overloaded")
+            reuse = line.startswith((b"OK ", b"ERR overloaded"))
         finally:
-            if reuse:
+            if reuse and self._tcp.qsize() < self.TCP_POOL:
                 self._tcp.put_nowait((reader, writer))
             else:
                 writer.close()
-                if not self.draining:  # replace it, unless the service is going away
-                    with contextlib.suppress(OSError):
-                        self._tcp.put_nowait(
-                            await asyncio.open_connection("127.0.0.1", self.tcp_port))
 
 
 # -- the processes ------------------------------------------------------------------------
@@ -314,10 +324,15 @@ async def _sampler(pid: int, url: str, interval: float, out: list[dict[str, floa
         await asyncio.sleep(interval)
 
 
-async def _quiet_counts(load: Load, pid: int, url: str) -> dict[str, float]:
-    """Tasks and fds with the load paused and in-flight work done (the least of 3 reads)."""
+async def _quiet_counts(load: Load, pid: int, url: str, wait: float) -> dict[str, float]:
+    """Tasks and fds with the load paused and in-flight work done (the least of 3 reads).
+
+    ``wait`` lets the service's idle downstream connections expire (aiohttp's
+    client keeps them 15 s), so both counts compare the same idle service.
+    """
     await load.quiesce()
-    await asyncio.sleep(1.5)
+    await load.reset_session()
+    await asyncio.sleep(wait)
     reads = []
     for _ in range(3):
         reads.append(await asyncio.to_thread(_sample, pid, url))
@@ -370,7 +385,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                  f"({args.load:.0%}) for {args.duration:.0f}s, {args.fault_rate:.1%} faults")
             warmup = min(max(args.duration * 0.2, 10.0), 60.0)
             await load.run_open(rate, warmup)
-            start_counts = await _quiet_counts(load, pid, metrics_url)
+            start_counts = await _quiet_counts(load, pid, metrics_url, args.quiet_seconds)
             samples: list[dict[str, float]] = []
             sampler = asyncio.create_task(
                 _sampler(pid, metrics_url, args.sample_interval, samples), name="soak-sampler")
@@ -380,7 +395,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler
-            end_counts = await _quiet_counts(load, pid, metrics_url)
+            end_counts = await _quiet_counts(load, pid, metrics_url, args.quiet_seconds)
             _log("SIGTERM under load")
             stop_load = asyncio.create_task(load.run_open(rate, budget + 5), name="soak-tail")
             await asyncio.sleep(1.0)
@@ -458,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", type=float, default=8.0,
                         help="seconds of closed-loop load to measure the capacity")
     parser.add_argument("--sample-interval", type=float, default=3.0)
+    parser.add_argument("--quiet-seconds", type=float, default=16.0,
+                        help="idle time before counting tasks and fds (start and end)")
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))

@@ -230,7 +230,8 @@ async def _main(args: argparse.Namespace) -> None:
     async with proxy:
         print(json.dumps({"event": "listening", "port": proxy.port}), flush=True)
         await stop.wait()
-    print(json.dumps({"event": "stopped", **proxy.stats}), flush=True)
+    with contextlib.suppress(BrokenPipeError):  # the parent may be gone already
+        print(json.dumps({"event": "stopped", **proxy.stats}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
