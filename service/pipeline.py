@@ -65,6 +65,7 @@ RETRY_AFTER_SECONDS = 1
 WORKER_BATCH = 128
 _SINK_RETRY_FIRST, _SINK_RETRY_MAX = 0.05, 2.0
 _ENRICHMENTS: tuple[Enrichment, ...] = ("ok", "unknown_user", "failed", "skipped")
+_NOT_LOOKED_UP: dict[str, Any] = {}  # a marker (identity), never a user
 
 
 class EventIds:
@@ -255,6 +256,9 @@ class Pipeline:
             if batch is STOP:
                 return
             out: list[_Enriched] = []
+            # One lookup per user per batch: users repeat, and even a cache hit
+            # costs a coroutine per call.
+            found: dict[str, dict[str, Any] | None] = {}
             for event_id, event, acked in batch:
                 try:
                     user: dict[str, Any] | None = None
@@ -262,10 +266,14 @@ class Pipeline:
                     if self._skip_enrichment:
                         outcome = "skipped"
                     else:
+                        user_id = event["user_id"]
+                        user = found.get(user_id, _NOT_LOOKED_UP)
                         try:
-                            user = await lookup(event["user_id"])
+                            if user is _NOT_LOOKED_UP:
+                                user = found[user_id] = await lookup(user_id)
                             outcome = "ok" if user is not None else "unknown_user"
                         except Exception as exc:  # CancelledError is not an Exception
+                            user = None
                             outcome = "failed"
                             self._enrich_failed(exc)
                     try:
