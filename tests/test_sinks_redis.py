@@ -209,3 +209,24 @@ async def test_pipeline_backpressure_during_an_outage_then_everything_once(
     server.stop()
     assert sorted(ids) == sorted(acked)
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.asyncio
+async def test_event_bytes_round_trip_exactly(server: RedisServer) -> None:
+    tricky = json.dumps({"text": "a\nb\r\n\\n", "u": "é😀", "empty": ""},
+                        ensure_ascii=False).encode()
+    sink = RedisSink(server.url, STREAM)
+    await sink.open()
+    try:
+        await sink.write_batch([("t-1", tricky), ("t-2", b"{}"), ("t-3", tricky)])
+        with pytest.raises(ValueError, match="newline"):  # a bug upstream, never half-stored
+            await sink.write_batch([("bad", b'{"a":\n1}')])
+    finally:
+        await sink.close()
+    client = server.client()
+    try:
+        raw = [fields for _, fields in client.xrange(STREAM)]
+    finally:
+        client.close()
+    assert raw == [{b"id": b"t-1", b"event": tricky}, {b"id": b"t-2", b"event": b"{}"},
+                   {b"id": b"t-3", b"event": tricky}]
