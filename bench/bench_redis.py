@@ -183,6 +183,9 @@ def run(duration: float) -> list[dict[str, Any]]:
     rows = []
     file_code, file_summary = m["results"]["file"]
     redis_code, redis_summary = m["results"]["redis"]
+    if (file_code, redis_code) != (0, 0) or m["xlen"] != redis_summary.get("delivered"):
+        raise RuntimeError(f"lost or doubled events: exit codes {file_code}, {redis_code}, "
+                           f"redis summary {redis_summary}, stream length {m['xlen']}")
     shutdown = (f"shutdown: file exit {file_code} dropped {file_summary.get('dropped')}; "
                 f"redis exit {redis_code} dropped {redis_summary.get('dropped')}, delivered "
                 f"{redis_summary.get('delivered')}, stream length {m['xlen']}")
