@@ -35,8 +35,9 @@ compose file) matches the file sink's fsync per batch; ``everysec`` trades
 up to a second of events on a Redis host crash for throughput.
 
 Failures. One attempt per ``write_batch``, bounded by
-:data:`WRITE_TIMEOUT` (redis-py's own retries are off): the pipeline owns
-the retry loop (backoff 50 ms doubling to 2 s, the batch kept in memory,
+:data:`WRITE_TIMEOUT` (redis-py retries once at once, for a pooled connection
+that a Redis restart closed; harmless, the script is idempotent): the
+pipeline owns the retry loop (backoff 50 ms doubling to 2 s, the batch kept in memory,
 queues filling behind it until intake answers 429 / TCP stops reading).
 :attr:`RedisSink.healthy` is false from a failed write until the next good
 one, and while a one-second ``PING`` probe fails, so ``/readyz`` turns 503
@@ -127,7 +128,8 @@ class RedisSink:
         return self._write_ok and self._probe_ok
 
     async def open(self) -> None:
-        # No retries inside redis-py: one attempt per call, the pipeline retries.
+        # One immediate retry inside redis-py (a stale pooled connection after a
+        # Redis restart); backoff and persistence are the pipeline's retry loop.
         client = aioredis.Redis.from_url(
             self.url, socket_timeout=self.write_timeout,
             socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 1),
