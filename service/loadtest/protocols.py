@@ -42,6 +42,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, owner: Owner, closed: asyncio.Future[None]) -> None:
         self.owner = owner
+        self.on_response = owner.on_response  # bound once: it runs for every answer
         self.closed = closed
         self.transport: asyncio.Transport | None = None
         self.busy = False
@@ -110,10 +111,11 @@ class HttpConnection(Connection):
         if not self.busy:  # an answer nobody asked for
             self.fail("bad_response")
             return
-        if not self.parser.should_keep_alive():
+        parser = self.parser
+        if not parser.should_keep_alive():
             self.reusable = False
         self.answered += 1
-        self.owner.on_response(self, self.parser.get_status_code())
+        self.on_response(self, parser.get_status_code())
         if not self.reusable and self.transport is not None:
             self.transport.close()
 
@@ -134,7 +136,7 @@ class LineConnection(Connection):
         if data == b"PONG\n" and self.busy and not self.buffer:
             # The commonest read of a tcp-ping run, answered without slicing.
             self.answered += 1
-            self.owner.on_response(self, "PONG")
+            self.on_response(self, "PONG")
             return
         if self.buffer:
             data = self.buffer + data
@@ -154,7 +156,7 @@ class LineConnection(Connection):
             self.owner.on_failure(self, status.lower().replace(" ", "_"))
             return
         self.answered += 1
-        self.owner.on_response(self, status)
+        self.on_response(self, status)
 
 
 def line_status(line: bytes) -> str:
