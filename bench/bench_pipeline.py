@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_tcp import _free_port, _pin, _wait_pong  # noqa: E402
+from bench.bench_tcp import _cpu_seconds, _free_port, _pin, _wait_pong  # noqa: E402
 from bench.bench_tcp import load as ping_load  # noqa: E402
 
 ROUNDS = 3
@@ -187,7 +187,7 @@ def _wait_idle(admin_port: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _drive(mode: str, port: int, admin_port: int, conns: int, per_send: int,
+def _drive(mode: str, port: int, admin_port: int, pid: int, conns: int, per_send: int,
            duration: float, warmup: float = 1.0) -> dict[str, Any]:
     """One load run; events delivered to the sink per second over the measured window."""
     _wait_idle(admin_port)
@@ -197,11 +197,14 @@ def _drive(mode: str, port: int, admin_port: int, conns: int, per_send: int,
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "start":
         raise RuntimeError(f"{mode} load client failed to start")
-    before, t0 = _delivered(admin_port), time.perf_counter()
+    before, t0, cpu = _delivered(admin_port), time.perf_counter(), _cpu_seconds(pid)
     result = json.loads(proc.stdout.readline())
-    after, t1 = _delivered(admin_port), time.perf_counter()
+    after, t1, cpu = _delivered(admin_port), time.perf_counter(), _cpu_seconds(pid) - cpu
     proc.wait(30)
     result["delivered_per_s"] = (after - before) / (t1 - t0)
+    # Service CPU (all its threads) per delivered event: steadier than the rate
+    # on a shared machine, where a neighbour steals time, not cycles per event.
+    result["cpu_us_per_event"] = cpu / max(1.0, after - before) * 1e6
     result["acked_per_s"] = result["acked"] / result["seconds"]
     return result
 
@@ -226,8 +229,10 @@ def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
             try:
                 _wait_pong(tcp_port, svc)
                 for _ in range(rounds):  # alternate, so a noisy neighbour hits all alike
-                    runs["http"].append(_drive("http", http_port, admin_port, 8, 100, duration))
-                    runs["tcp"].append(_drive("tcp", tcp_port, admin_port, 16, 64, duration))
+                    runs["http"].append(
+                        _drive("http", http_port, admin_port, svc.pid, 8, 100, duration))
+                    runs["tcp"].append(
+                        _drive("tcp", tcp_port, admin_port, svc.pid, 16, 64, duration))
                     _wait_idle(admin_port)
                     pings.append(ping_load(tcp_port, duration)[0])
             finally:
@@ -259,11 +264,14 @@ def _row(name: str, mode: str, m: dict[str, Any], what: str) -> dict[str, Any]:
                   if k not in ("202", "OK", "window"))
     s = m["summary"]
     per_run = ", ".join(f"{r['delivered_per_s']:,.0f}" for r in runs)
+    cpu_us = statistics.median(r["cpu_us_per_event"] for r in runs)
     return {
         "name": name, "value": rate, "unit": "events/s",
         "baseline": "TCP PING round trips, same service", "baseline_value": m["ping_median"],
         "ratio": rate / m["ping_median"], "target": f">= {TARGET:,} events/s",
-        "note": f"median of {len(runs)} runs ({per_run} delivered/s); ack latency {what}: "
+        "note": f"median of {len(runs)} runs ({per_run} delivered/s); service CPU "
+                f"{cpu_us:.1f} us/event (one free core: {1e6 / cpu_us:,.0f} events/s); "
+                f"ack latency {what}: "
                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms; refused answers {refused}; shutdown: "
                 f"exit {m['exit_code']}, accepted {s.get('accepted')}, delivered "
                 f"{s.get('delivered')}, dropped {s.get('dropped')}, sink lines {m['sink_lines']}",
