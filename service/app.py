@@ -13,7 +13,6 @@ from aiohttp import web
 
 from service.config import Settings
 from service.downstream import open_downstreams
-from service.enrich import LocalUsers
 from service.keys import (
     ACCESS_LOG,
     DOWNSTREAM,
@@ -91,13 +90,13 @@ async def _offload(app: web.Application) -> AsyncIterator[None]:
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     # Registered as a Drain: the lifecycle drains it in shutdown step 4, before
     # this context closes it (and the sink) in step 5.
-    # Enrichment uses the in-process LocalUsers until it is switched to
-    # app[DOWNSTREAM].users (same UserLookup interface).
+    # Enrichment looks users up through the users downstream client (TTL cache,
+    # single-flight); a failed lookup writes the event unenriched, never drops it.
     s = app[SETTINGS]
     sink = app.get(SINK)
     if sink is None:
         sink = make_sink(s.pipeline, executor=app[OFFLOAD].io)
-    async with Pipeline(s.pipeline, app[METRICS], LocalUsers(), sink) as pipeline:
+    async with Pipeline(s.pipeline, app[METRICS], app[DOWNSTREAM].users, sink) as pipeline:
         app[PIPELINE] = pipeline
         app[STATE].drains.append(pipeline)
         yield

@@ -342,8 +342,8 @@ class Pipeline:
                 break
             except Exception as exc:
                 self._m_failures.inc()
-                log.error("sink write failed: retrying the batch",  # noqa: TRY400 - one line backend=self.sink.backend,
-                          events=len(lines), retry_in=delay,
+                log.error("sink write failed: retrying the batch",  # noqa: TRY400 - one line
+                          backend=self.sink.backend, events=len(lines), retry_in=delay,
                           error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _SINK_RETRY_MAX)
