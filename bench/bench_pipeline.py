@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -209,13 +211,41 @@ def _drive(mode: str, port: int, admin_port: int, pid: int, conns: int, per_send
     return result
 
 
+@contextmanager
+def users_stub() -> Iterator[dict[str, str]]:
+    """The users stub on core 1 (beside the client), as the env that points the service at it.
+
+    Enrichment goes through the real downstream client; with a working set of
+    100 users every lookup after the first is a cache hit.
+    """
+    port = _free_port()
+    stub = subprocess.Popen(
+        [*_pin(1), sys.executable, "-m", "service", "stub", "--name", "users", "--port",
+         str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/users/u1", timeout=1).close()
+                break
+            except OSError:
+                if stub.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the users stub did not start") from None
+                time.sleep(0.05)
+        yield {"SERVICE_DOWNSTREAM__USERS_URL": f"http://127.0.0.1:{port}"}
+    finally:
+        stub.terminate()
+        stub.wait(10)
+
+
 def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
     http_port, tcp_port, admin_port = _free_port(), _free_port(), _free_port()
     runs: dict[str, list[dict[str, Any]]] = {"http": [], "tcp": []}
     pings: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, users_stub() as users:
         env = {
-            **os.environ, "PYTHONUNBUFFERED": "1",
+            **os.environ, "PYTHONUNBUFFERED": "1", **users,
             "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(http_port),
             "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(tcp_port),
             "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": str(admin_port),

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import CLIENT  # noqa: E402
+from bench.bench_pipeline import CLIENT, users_stub  # noqa: E402
 from bench.bench_tcp import _free_port, _pin, _wait_pong  # noqa: E402
 
 ROUNDS = 2
@@ -150,14 +150,14 @@ def _stop(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[int, dict[str,
 def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
     rates: dict[str, dict[str, list[float]]] = {
         mode: {"file": [], "redis": []} for mode in LOADS}
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp_name, users_stub() as users:
         tmp = Path(tmp_name)
         redis, redis_port = _start_redis(tmp)
         started: dict[str, tuple[subprocess.Popen[bytes], dict[str, int], Path]] = {}
         results: dict[str, tuple[int, dict[str, Any]]] = {}
         try:
-            started["file"] = _start_service(tmp, "file", {})
-            started["redis"] = _start_service(tmp, "redis", {
+            started["file"] = _start_service(tmp, "file", users)
+            started["redis"] = _start_service(tmp, "redis", {**users,
                 "SERVICE_PIPELINE__SINK": "redis",
                 "SERVICE_PIPELINE__REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                 "SERVICE_PIPELINE__REDIS_STREAM": STREAM})
