@@ -15,11 +15,14 @@ import functools
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from service.log import get_logger
 from service.metrics import CounterChild
+from service.middleware import problem_response
 
 log = get_logger("service.http")
 
@@ -74,6 +77,28 @@ class HeaderTimeoutHandler(RequestHandler):
             log.info("closing connection: request headers not complete in time",
                      timeout=self._header_timeout)
             self.force_close()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request the HTTP parser refused: problem+json and one info line.
+
+        aiohttp answers these (bad header bytes, a bad request line, an
+        oversized header) in text/plain and logs each at error level with a
+        traceback: log spam that any client can cause. A server error keeps
+        aiohttp's handling.
+        """
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = exc.message.split("\n", 1)[0][:200]  # the rest echoes the client's bytes
+        log.info("request refused by the HTTP parser", status=status, remote=request.remote,
+                 error=reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: cannot answer the error")
+        response = problem_response(status, f"The request is not valid HTTP/1.1: {reason}")
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_deadline is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -187,3 +189,32 @@ def test_300_slowloris_connections_closed_while_serving(loop: str) -> None:
     assert len(latencies) >= 5
     assert max(latencies) < 1.0, max(latencies)
     assert metrics["service_http_header_timeouts_total"] >= SLOWLORIS
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /v1/info HTTP/1.1\r\nHost: x\r\nUser-Agent: a\x0bb\r\n\r\n",  # a control byte
+    b"GARBAGE\r\n\r\n",  # no request line
+    b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",  # header too big
+], ids=["control-byte", "garbage", "huge-header"])
+async def test_a_request_the_parser_refuses_is_a_problem_and_one_info_line(
+    request_bytes: bytes, log_output: io.BytesIO,
+) -> None:
+    """No text/plain answer, no error-level traceback per bad client: 400 problem+json."""
+    async with serving() as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes)
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.read()
+        writer.close()
+    assert head.split(b" ", 2)[1] == b"400"
+    assert b"application/problem+json" in head
+    doc = json.loads(body)
+    assert doc["status"] == 400
+    assert doc["detail"].startswith("The request is not valid HTTP/1.1")
+    assert "\n" not in doc["detail"]
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    refused = [line for line in lines if line["event"] == "request refused by the HTTP parser"]
+    assert len(refused) == 1
+    assert refused[0]["level"] == "info"
+    assert not [line for line in lines if line["level"] in ("error", "critical")]
