@@ -42,9 +42,10 @@ bench: $(STAMP)  ## benchmarks against peer baselines in the same run (needs wrk
 stack: $(STAMP)  ## stubs, the service and a real Prometheus with the alert rules (needs prometheus); Ctrl-C stops all
 	$(BIN)/python scripts/stack.py $(STACK_ARGS)
 
-rename:  ## rename the package, script, metric/env prefixes and compose services: make rename NAME=orders_api
+rename: $(STAMP)  ## rename the package, script, metric/env prefixes and compose services: make rename NAME=orders_api
 	@test -n "$(NAME)" || (echo "usage: make rename NAME=your_service" >&2; exit 2)
-	$(PYTHON) scripts/rename.py $(NAME)
+	$(BIN)/python scripts/rename.py $(NAME)
+	$(BIN)/ruff check --select I --fix --quiet $(NAME) tests bench scripts
 
 FUZZ_SECONDS ?= 300
 fuzz: $(STAMP)  ## atheris on the event parsers (FUZZ_SECONDS) and a long schemathesis run

@@ -28,26 +28,43 @@ TEXT_SUFFIXES = {".py", ".toml", ".md", ".yml", ".yaml", ".json", ".cfg", ".txt"
                  ".sh", "", ".typed", ".dockerignore", ".gitignore"}
 
 
-def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]:
+Subs = list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
+
+
+def substitutions(new: str, python: bool) -> Subs:
+    """The rewrites for one file; ``python`` files get the careful module rules.
+
+    In Python code ``service`` is also a common variable name (``service.app``),
+    so there module paths are renamed only in imports and inside quotes or
+    backticks (``"service.cli:main"``, logger names, docstrings); elsewhere any
+    ``service.<name>`` is a module path.
+    """
     upper = new.upper()
     words = r"(serve|stub|loadtest|--version|--help)"
+    modules: Subs = [
+        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+        (re.compile(r"(?<=[\"'`])service(?=[.:/][A-Za-z_])"), new),
+    ] if python else [
+        (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
+        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+    ]
     return [
         # Environment prefix: SERVICE_HTTP__PORT -> ORDERS_API_HTTP__PORT.
         (re.compile(r"\bSERVICE_"), f"{upper}_"),
-        # Module paths and imports: service.cli, from service import x, import service.
-        (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
-        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+        # The console script (before the module rules rewrite its target).
+        (re.compile(r'^service = "service\.cli:main"', re.M), f'{new} = "{new}.cli:main"'),
+        *modules,
         (re.compile(r"-m service\b"), f"-m {new}"),
         (re.compile(r'"-m", "service"'), f'"-m", "{new}"'),
         # The package directory in paths: service/, "service" in tool settings.
         (re.compile(r"(?<![\w.-])service/"), f"{new}/"),
+        (re.compile(r"(ruff check |mypy )service\b"), rf"\1{new}"),
         (re.compile(r'(files|include|testpaths) = \["service'), rf'\1 = ["{new}'),
         (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
-        (re.compile(r'^service = "service\.cli:main"', re.M), f'{new} = "{new}.cli:main"'),
         (re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
          f"[tool.setuptools.package-data]\n{new} ="),
-        # Metric prefix and identifiers: service_http_requests_total, service_env.
-        # (not compose's "condition: service_healthy", a keyword of the format)
+        # Metric prefix and identifiers: service_http_requests_total, service_env
+        # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
         (re.compile(r'job="service"'), f'job="{new}"'),
         (re.compile(r"(job_name: )[\"']?service\b[\"']?"), rf"\1{new}"),
@@ -58,20 +75,23 @@ def substitutions(new: str) -> list[tuple[re.Pattern[str], str | Callable[[re.Ma
         (re.compile(rf"(?<![\w.-])service {words}"), rf"{new} \1"),
         (re.compile(r'"service", "(serve|stub|loadtest)"'), rf'"{new}", "\1"'),
         (re.compile(r'prog="service"'), f'prog="{new}"'),
+        (re.compile(r'(module(?: != | == |: str = ))"service"'), rf'\1"{new}"'),
+        (re.compile(r'/ "service" /'), f'/ "{new}" /'),
+        (re.compile(r'startswith\("service"\)'), f'startswith("{new}")'),
         (re.compile(r"``service``"), f"``{new}``"),
         (re.compile(r"\bservice-(loadtest|overview)\b"), rf"{new}-\1"),
         (re.compile(r'("tags": \[\s*)"service"'), rf'\1"{new}"'),
         # Compose: the service's own entry and its host name on the compose network.
         (re.compile(r"^  service:$", re.M), f"  {new}:"),
-        (re.compile(r"(//|- |condition: service_healthy\n\s+)service(?=[:\s/])"),
-         lambda m: m.group(0).replace("service", new)),
         (re.compile(r"\bservice:(8080|8081|8888)\b"), rf"{new}:\1"),
         (re.compile(r"^(\s+)service:\n(\s+condition:)", re.M), rf"\1{new}:\n\2"),
         (re.compile(r"(app(?:\.kubernetes\.io/name)?: )service\b"), rf"\1{new}"),
         (re.compile(r"(name: )service\b"), rf"\1{new}"),
         (re.compile(r"(image: )service\b"), rf"\1{new}"),
-        (re.compile(r'"service:(ci|latest|dev)"'), rf'"{new}:\1"'),
-        (re.compile(r"\bservice:(ci|latest|dev)\b"), rf"{new}:\1"),
+        (re.compile(r"\bservice:(ci|latest|dev|local)\b"), rf"{new}:\1"),
+        # Longer names make longer lines: widen the limit by what the name adds.
+        (re.compile(r"^line-length = (\d+)", re.M),
+         lambda m: f"line-length = {int(m.group(1)) + 2 * max(0, len(new) - len(OLD))}"),
     ]
 
 
@@ -92,9 +112,9 @@ def files(root: Path) -> Iterator[Path]:
 
 
 def rename(root: Path, new: str) -> int:
-    subs = substitutions(new)
     changed = 0
     for path in files(root):
+        subs = substitutions(new, python=path.suffix == ".py")
         try:
             text = path.read_text()
         except UnicodeDecodeError:
