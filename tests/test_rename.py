@@ -30,6 +30,9 @@ STALE = re.compile(
 
 @pytest.fixture(scope="module")
 def renamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (ROOT / "service" / "cli.py").is_file():
+        # After `make rename` this tree is someone's own service: renaming is done.
+        pytest.skip("the template was already renamed; nothing to check")
     root = tmp_path_factory.mktemp("renamed") / "tree"
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
                              capture_output=True).stdout.decode().split("\0")
