@@ -30,7 +30,9 @@ STALE = re.compile(
 
 @pytest.fixture(scope="module")
 def renamed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (ROOT / "service" / "cli.py").is_file():
+    # rename.py never renames itself, so its OLD is the template's name still.
+    old = re.search(r'^OLD = "(\w+)"', (ROOT / "scripts" / "rename.py").read_text(), re.M)
+    if old is None or not (ROOT / old.group(1)).is_dir():
         # After `make rename` this tree is someone's own service: renaming is done.
         pytest.skip("the template was already renamed; nothing to check")
     root = tmp_path_factory.mktemp("renamed") / "tree"
