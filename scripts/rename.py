@@ -67,6 +67,7 @@ def substitutions(new: str, python: bool) -> Subs:
         # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
         (re.compile(r'job="service"'), f'job="{new}"'),
+        (re.compile(r"\bjob: service\b"), f"job: {new}"),
         (re.compile(r"(job_name: )[\"']?service\b[\"']?"), rf"\1{new}"),
         # The namespace default.
         (re.compile(r'namespace: (.*)= "service"'), rf'namespace: \1= "{new}"'),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -92,7 +93,7 @@ async def test_debug_tasks_lists_every_task() -> None:
 async def test_metrics_report_readiness() -> None:
     async with started(debug=False) as (service, ports), aiohttp.ClientSession() as session:
         _, _, body = await _get(session, ports["admin"], "/metrics")
-        assert "\nservice_ready 1.0\n" in body
+        assert re.search(r"^service_ready 1\.0$", body, re.M)
         service.state.ready = False
         _, _, body = await _get(session, ports["admin"], "/metrics")
-        assert "\nservice_ready 0.0\n" in body
+        assert re.search(r"^service_ready 0\.0$", body, re.M)

@@ -23,7 +23,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_version() -> None:
     proc = _run("--version")
     assert proc.returncode == 0
-    assert proc.stdout.strip() == f"service {__version__}"
+    assert proc.stdout.strip() == f"{build_parser().prog} {__version__}"
 
 
 def test_subcommands_are_listed() -> None:

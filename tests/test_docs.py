@@ -91,7 +91,7 @@ def test_every_service_command_in_the_readme_parses() -> None:
     for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, re.S):
         for line in block.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
-            if line.startswith("service "):
+            if line.startswith(f"{parser.prog} "):
                 commands.append(shlex.split(line)[1:])
     assert commands, "the README shows no service command"
     for argv in commands:
@@ -107,7 +107,7 @@ def test_every_metric_in_the_readme_table_is_exported() -> None:
     metrics = Metrics()
     exported = {f.name for f in metrics._families} | {metrics.tasks.name}
     exported = {n.removesuffix("_total") for n in exported}
-    named = set(re.findall(r"`(service_[a-z_]+)`", section("Metrics")))
+    named = set(re.findall(rf"`({metrics.namespace}_[a-z_]+)`", section("Metrics")))
     assert named, "the metrics table names nothing"
     missing = {n for n in named if n.removesuffix("_total") not in exported}
     assert not missing, f"README lists metrics the service does not define: {sorted(missing)}"

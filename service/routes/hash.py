@@ -76,9 +76,9 @@ def parse_request(body: bytes, max_data_bytes: int) -> tuple[bytes, bytes]:
     raw = data.encode()
     if len(raw) > max_data_bytes:
         raise _invalid("data", f"must be at most {max_data_bytes} bytes (UTF-8)")
-    salt = doc.get("salt")
-    if salt is None:
+    if "salt" not in doc:
         return raw, DEFAULT_SALT
+    salt = doc["salt"]
     if not isinstance(salt, str) or _HEX(salt) is None:
         raise _invalid("salt", "must be a hex string")
     if not SALT_MIN_BYTES <= len(salt) // 2 <= SALT_MAX_BYTES:
