@@ -16,18 +16,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bench.common import cpu_seconds as _cpu_seconds
+from bench.common import free_port as _free_port
+from bench.common import pin as _pin
+from bench.common import pinned_server, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 3  # measured runs per side, alternating
@@ -53,56 +54,11 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pin(core: int) -> list[str]:
-    """``taskset -c core`` when the machine has the cores and the tool, else nothing."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
-        return ["taskset", "-c", str(core)]
-    return []
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not answer {url} in {timeout}s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextmanager
 def _server(cmd: list[str], url: str, env: dict[str, str],
             log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_path.open("wb") as out:
-        # taskset execs the server: the pid is the server's own.
-        proc = subprocess.Popen([*_pin(0), *cmd], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)
-        try:
-            _wait_up(url, proc)
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with pinned_server(cmd, lambda proc: wait_http(url, proc), env, log_path) as proc:
+        yield proc
 
 
 def wrk(url: str, duration: float, connections: int = CONNECTIONS) -> tuple[float, int]:
@@ -193,7 +149,7 @@ def run(duration: float) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     import json
 
-    # python bench/bench_http.py [DURATION [ROUNDS [SERVICE_X=Y ...]]]: for profiling by hand.
+    # python -m bench.bench_http [DURATION [ROUNDS [SERVICE_X=Y ...]]]: for profiling by hand.
     args = sys.argv[1:]
     extra = dict(a.split("=", 1) for a in args[2:])
     print(json.dumps(measure(float(args[0]) if args else 5.0,

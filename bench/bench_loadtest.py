@@ -33,6 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.common import free_port as _free_port
+from bench.common import pin as _pin
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
 HTTP_CONNECTIONS = 64
@@ -69,18 +72,6 @@ async def main():
 
 uvloop.run(main())
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pin(core: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > core:
-        return ["taskset", "-c", str(core)]
-    return []
 
 
 @contextmanager

@@ -42,8 +42,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_tcp import _cpu_seconds, _free_port, _pin, _wait_pong  # noqa: E402
 from bench.bench_tcp import load as ping_load  # noqa: E402
+from bench.common import cpu_seconds as _cpu_seconds  # noqa: E402
+from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import pin as _pin  # noqa: E402
+from bench.common import wait_pong as _wait_pong  # noqa: E402
 
 ROUNDS = 3
 TARGET = 50_000

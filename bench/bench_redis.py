@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_pipeline import CLIENT, users_stub  # noqa: E402
-from bench.bench_tcp import _free_port, _pin, _wait_pong  # noqa: E402
+from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import pin as _pin  # noqa: E402
+from bench.common import wait_pong as _wait_pong  # noqa: E402
 
 ROUNDS = 2
 TARGET = 0.7

@@ -7,10 +7,8 @@ was given must be in the sink file exactly once.
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,119 +17,25 @@ from typing import Any
 import pytest
 
 from tests.helpers import ServiceProcess, running_service, scrape
+from tests.pipeline_helpers import (
+    EventClient,
+    HttpEventClient,
+    TcpEventClient,
+    acked,
+    wait_acked,
+)
 
 pytestmark = pytest.mark.slow
 
-EVENT = {"user_id": "u1", "type": "click", "payload": {"n": 1}}
-
-
-class Client(threading.Thread):
-    """Sends events until told to stop or the service goes away; keeps every id it was given."""
-
-    def __init__(self, port: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.stop_event = stop
-        self.acked: list[str] = []
-        self.unanswered = 0  # events sent whose answer never came (the process died)
-        self.overloaded = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.send()
-        except (OSError, http.client.HTTPException):
-            pass  # the service is gone: that is how these clients end
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    def send(self) -> None:
-        raise NotImplementedError
-
-
-class HttpClient(Client):
-    BATCH = 20
-
-    def send(self) -> None:
-        body = json.dumps([EVENT] * self.BATCH).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            self._loop(conn, body)
-        finally:
-            conn.close()
-
-    def _loop(self, conn: http.client.HTTPConnection, body: bytes) -> None:
-        while not self.stop_event.is_set():
-            try:
-                conn.request("POST", "/v1/events", body,
-                             {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                self.unanswered += self.BATCH
-                conn.close()
-                # Reconnect (http.client does it on the next request): a
-                # keep-alive connection closed at shutdown; refused ends the client.
-                conn.connect()
-                continue
-            data = resp.read()
-            if resp.status == 202:
-                self.acked.extend(json.loads(data)["ids"])
-            elif resp.status == 429:
-                self.overloaded += 1
-                time.sleep(0.005)
-            elif resp.status == 503:
-                return
-            else:
-                raise AssertionError(f"unexpected {resp.status}: {data!r}")
-            if resp.getheader("Connection", "").lower() == "close":
-                conn.close()
-
-
-class TcpClient(Client):
-    LINES = 10
-
-    def send(self) -> None:
-        line = json.dumps(EVENT).encode() + b"\n"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock, \
-                sock.makefile("rb") as reader:
-            while not self.stop_event.is_set():
-                sock.sendall(line * self.LINES)
-                for answered in range(self.LINES):
-                    answer = reader.readline()
-                    if not answer:
-                        self.unanswered += self.LINES - answered
-                        return
-                    if answer.startswith(b"OK "):
-                        self.acked.append(answer[3:].strip().decode())
-                    elif answer.startswith(b"BYE"):
-                        self.unanswered += self.LINES - answered - 1
-                        return
-                    elif answer.startswith(b"ERR overloaded"):
-                        self.overloaded += 1
-                    else:
-                        raise AssertionError(f"unexpected answer {answer!r}")
-
-
 def start_clients(proc: ServiceProcess, stop: threading.Event, http: int = 3,
-                  tcp: int = 2) -> list[Client]:
-    clients: list[Client] = [HttpClient(proc.ports["http"], stop) for _ in range(http)]
+                  tcp: int = 2) -> list[EventClient]:
+    clients: list[EventClient] = [HttpEventClient(proc.ports["http"], stop)
+                                  for _ in range(http)]
     if "tcp" in proc.ports:
-        clients += [TcpClient(proc.ports["tcp"], stop) for _ in range(tcp)]
+        clients += [TcpEventClient(proc.ports["tcp"], stop) for _ in range(tcp)]
     for client in clients:
         client.start()
     return clients
-
-
-def acked(clients: list[Client]) -> list[str]:
-    return [i for c in clients for i in c.acked]
-
-
-def wait_acked(clients: list[Client], n: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(acked(clients)) < n:
-        assert time.monotonic() < deadline, f"only {len(acked(clients))} events acknowledged"
-        assert all(c.is_alive() or c.error is None for c in clients)
-        time.sleep(0.02)
 
 
 def sink_records(path: Path) -> list[dict[str, Any]]:
@@ -166,12 +70,14 @@ def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} acknowledged events are not in the sink"
     unknown = set(ids) - set(given)
     assert len(unknown) <= sum(c.unanswered for c in clients)
-    print(f"\nSIGTERM: {len(given)} acknowledged ({sum(isinstance(c, TcpClient) for c in clients)}"
+    tcp_clients = sum(isinstance(c, TcpEventClient) for c in clients)
+    print(f"\nSIGTERM: {len(given)} acknowledged ({tcp_clients}"
           f" TCP clients), {len(ids)} in the sink, {len(unknown)} answered too late to count")
     [summary] = proc.events("shutdown complete")
     assert summary["dropped"] == 0
     assert summary["accepted"] == summary["delivered"] == len(ids)
-    assert any(isinstance(c, TcpClient) and c.acked for c in clients) or "tcp" not in proc.ports
+    assert any(isinstance(c, TcpEventClient) and c.acked for c in clients) \
+        or "tcp" not in proc.ports
 
 
 def test_sigkill_then_restart_keeps_every_event_fsynced_before_the_kill(tmp_path: Path) -> None:

@@ -11,10 +11,7 @@ intake must stay bounded (memory too), ``/readyz`` must go 503 and back to
 
 from __future__ import annotations
 
-import http.client
-import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,112 +23,21 @@ import pytest
 
 from service.pipeline import WORKER_BATCH
 from tests.helpers import ServiceProcess, http_get, running_service, scrape
+from tests.pipeline_helpers import (
+    EventClient,
+    HttpEventClient,
+    TcpEventClient,
+    acked,
+    wait_acked,
+)
 from tests.redis_helpers import RedisServer, stream_entries
 
 pytestmark = pytest.mark.slow
 
 STREAM = "events-e2e"
-EVENT = {"user_id": "u1", "type": "click", "payload": {"n": 1}}
 CAPACITY = 1000  # per queue: small, so an outage fills the pipeline in well under a second
 ENRICH_WORKERS = 2
 BATCH = 256
-
-
-class Client(threading.Thread):
-    """Sends until told to stop or the service goes away; keeps every id it was given."""
-
-    def __init__(self, port: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.stop_event = stop
-        self.acked: list[str] = []
-        self.unanswered = 0  # sent, answer never came (shutdown)
-        self.overloaded = 0  # 429s, or ERR overloaded
-        self.max_wait = 0.0  # the longest wait for one answer (a TCP stall)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.send()
-        except (OSError, http.client.HTTPException):
-            pass  # the service is gone: that is how these clients end
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-    def send(self) -> None:
-        raise NotImplementedError
-
-
-class HttpClient(Client):
-    N = 20
-
-    def send(self) -> None:
-        body = json.dumps([EVENT] * self.N).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    conn.request("POST", "/v1/events", body,
-                                 {"Content-Type": "application/json"})
-                    resp = conn.getresponse()
-                except (OSError, http.client.HTTPException):
-                    self.unanswered += self.N
-                    conn.close()
-                    conn.connect()  # a closed keep-alive connection; refused ends the client
-                    continue
-                data = resp.read()
-                if resp.status == 202:
-                    self.acked.extend(json.loads(data)["ids"])
-                elif resp.status == 429:
-                    self.overloaded += 1
-                    time.sleep(0.05)
-                elif resp.status == 503:
-                    return
-                else:
-                    raise AssertionError(f"unexpected {resp.status}: {data!r}")
-                if resp.getheader("Connection", "").lower() == "close":
-                    conn.close()
-        finally:
-            conn.close()
-
-
-class TcpClient(Client):
-    N = 10
-
-    def send(self) -> None:
-        line = json.dumps(EVENT).encode() + b"\n"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock, \
-                sock.makefile("rb") as reader:
-            while not self.stop_event.is_set():
-                sock.sendall(line * self.N)
-                for answered in range(self.N):
-                    began = time.monotonic()
-                    answer = reader.readline()
-                    self.max_wait = max(self.max_wait, time.monotonic() - began)
-                    if not answer:
-                        self.unanswered += self.N - answered
-                        return
-                    if answer.startswith(b"OK "):
-                        self.acked.append(answer[3:].strip().decode())
-                    elif answer.startswith(b"BYE"):
-                        self.unanswered += self.N - answered - 1
-                        return
-                    elif answer.startswith(b"ERR overloaded"):
-                        self.overloaded += 1
-                    else:
-                        raise AssertionError(f"unexpected answer {answer!r}")
-
-
-def acked(clients: list[Client]) -> list[str]:
-    return [i for c in clients for i in c.acked]
-
-
-def wait_acked(clients: list[Client], n: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(acked(clients)) < n:
-        assert time.monotonic() < deadline, f"only {len(acked(clients))} events acknowledged"
-        assert [c.error for c in clients if c.error] == []
-        time.sleep(0.02)
 
 
 def redis_env(server: RedisServer) -> dict[str, str]:
@@ -153,16 +59,18 @@ def three_services(server: RedisServer) -> Iterator[list[ServiceProcess]]:
         yield [stack.enter_context(running_service(env=redis_env(server))) for _ in range(3)]
 
 
-def start_clients(procs: list[ServiceProcess], stop: threading.Event) -> list[Client]:
-    clients: list[Client] = []
+def start_clients(procs: list[ServiceProcess], stop: threading.Event) -> list[EventClient]:
+    # Long timeouts and a slower retry after a 429: the outage test stalls for 5 s.
+    clients: list[EventClient] = []
     for proc in procs:
-        clients += [HttpClient(proc.ports["http"], stop), TcpClient(proc.ports["tcp"], stop)]
+        clients += [HttpEventClient(proc.ports["http"], stop, timeout=30, backoff=0.05),
+                    TcpEventClient(proc.ports["tcp"], stop, timeout=30)]
     for client in clients:
         client.start()
     return clients
 
 
-def stop_all(procs: list[ServiceProcess], clients: list[Client],
+def stop_all(procs: list[ServiceProcess], clients: list[EventClient],
              stop: threading.Event) -> list[int]:
     for proc in procs:
         proc.signal(signal.SIGTERM)
@@ -175,7 +83,7 @@ def stop_all(procs: list[ServiceProcess], clients: list[Client],
 
 
 def check_exactly_once(server: RedisServer, procs: list[ServiceProcess],
-                       clients: list[Client]) -> list[str]:
+                       clients: list[EventClient]) -> list[str]:
     given = acked(clients)
     assert len(set(given)) == len(given)
     ids = [i for i, _ in stream_entries(server, STREAM)]
@@ -194,7 +102,7 @@ def test_three_services_one_stream_every_ack_exactly_once(tmp_path: Path) -> Non
     stop = threading.Event()
     with RedisServer(tmp_path / "redis") as server, three_services(server) as procs:
         clients = start_clients(procs, stop)
-        wait_acked(clients, 6000)
+        wait_acked(clients, 6000, timeout=30)
         codes = stop_all(procs, clients, stop)
         assert codes == [0, 0, 0], procs[0].output()[-3000:]
         ids = check_exactly_once(server, procs, clients)
@@ -232,7 +140,7 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
             clients = start_clients(procs, stop)
             watcher = Watcher(procs)
             watcher.start()
-            wait_acked(clients, 3000)
+            wait_acked(clients, 3000, timeout=30)
             time.sleep(0.3)
             rss_before = [max(r) for r in watcher.rss]
             server.stop()
@@ -244,7 +152,7 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
             rss_during = [max(r[i:]) for r, i in zip(watcher.rss, outage_began, strict=True)]
             server.start()  # same port, same data directory, append-only file
             back = watcher.mark()
-            wait_acked(clients, len(acked(clients)) + 3000)
+            wait_acked(clients, len(acked(clients)) + 3000, timeout=30)
             deadline = time.monotonic() + 10
             while not all(s[-1:] == [200] for s in watcher.statuses):
                 assert time.monotonic() < deadline, "readiness did not come back"
@@ -268,7 +176,7 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
     bound = 3 * (2 * CAPACITY + 2 * BATCH + ENRICH_WORKERS * WORKER_BATCH)
     assert during <= bound, f"{during} events acknowledged during the outage"
     assert overloaded_during > 0, "no client was refused (429 / ERR overloaded)"
-    assert max(c.max_wait for c in clients if isinstance(c, TcpClient)) > 1.0, \
+    assert max(c.max_wait for c in clients if isinstance(c, TcpEventClient)) > 1.0, \
         "TCP clients never stalled"
     for before, peak in zip(rss_before, rss_during, strict=True):
         assert peak < before + 64 * 2**20, f"RSS grew from {before} to {peak}"
@@ -277,6 +185,6 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
         assert statuses[-1] == 200
     print(f"\noutage: {during} acknowledged while Redis was down (bound {bound}), "
           f"{overloaded_during} refusals, max TCP stall "
-          f"{max(c.max_wait for c in clients if isinstance(c, TcpClient)):.1f}s, "
+          f"{max(c.max_wait for c in clients if isinstance(c, TcpEventClient)):.1f}s, "
           f"RSS +{max(p - b for b, p in zip(rss_before, rss_during, strict=True)) / 2**20:.1f} MiB;"
           f" {len(ids)} events in the stream, each once")
