@@ -29,14 +29,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import CLIENT, users_stub  # noqa: E402
+from bench.bench_pipeline import (  # noqa: E402
+    ACCEPTED,
+    CLIENT,
+    DELIVERED,
+    _counter,
+    users_stub,
+)
 from bench.common import free_port as _free_port  # noqa: E402
 from bench.common import pin as _pin  # noqa: E402
 from bench.common import wait_pong as _wait_pong  # noqa: E402
@@ -44,18 +49,7 @@ from bench.common import wait_pong as _wait_pong  # noqa: E402
 ROUNDS = 2
 TARGET = 0.7
 STREAM = "events-bench"
-DELIVERED = 'service_pipeline_events_total{outcome="delivered",stage="sink"}'
-ACCEPTED = 'service_pipeline_events_total{outcome="accepted",stage="ingest"}'
 LOADS = {"http": (8, 100), "tcp": (16, 64)}  # connections, events per send
-
-
-def _counter(admin_port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def _wait_idle(admin_port: int, timeout: float = 60.0) -> None:

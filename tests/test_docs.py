@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from service import cli
 from service.cli import build_parser
 from service.config import Settings
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PACKAGE = Path(cli.__file__).parent.name  # "service", or the name `make rename` gave it
 
 # Issue 10's list of practices; each must have a row in the map.
 PRACTICES = (
@@ -53,7 +55,7 @@ def defined_names(path: Path) -> set[str]:
 def links() -> list[tuple[str, str | None]]:
     found = []
     for row in map_rows():
-        for ref in re.findall(r"`((?:service|tests)/[^`:]+?)(?:::([\w.]+))?`", row):
+        for ref in re.findall(rf"`((?:{PACKAGE}|tests)/[^`:]+?)(?:::([\w.]+))?`", row):
             found.append((ref[0], ref[1] or None))
     return found
 
