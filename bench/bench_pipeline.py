@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from bench.bench_tcp import load as ping_load  # noqa: E402
 from bench.common import cpu_seconds as _cpu_seconds  # noqa: E402
 from bench.common import free_port as _free_port  # noqa: E402
 from bench.common import pin as _pin  # noqa: E402
+from bench.common import stop_service  # noqa: E402
 from bench.common import wait_pong as _wait_pong  # noqa: E402
 
 ROUNDS = 3
@@ -269,20 +269,7 @@ def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
                     _wait_idle(admin_port)
                     pings.append(ping_load(tcp_port, duration)[0])
             finally:
-                svc.send_signal(signal.SIGTERM)
-                try:
-                    code = svc.wait(30)
-                except subprocess.TimeoutExpired:
-                    svc.kill()
-                    code = svc.wait(5)
-        summary: dict[str, Any] = {}
-        for raw in log_path.read_bytes().splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if line.get("event") == "shutdown complete":
-                summary = line
+                code, summary = stop_service(svc, log_path)
         lines = sum(1 for _ in (Path(tmp) / "events.jsonl").open("rb"))
     return {"runs": runs, "pings": pings, "ping_median": statistics.median(pings),
             "exit_code": code, "summary": summary, "sink_lines": lines}

@@ -44,6 +44,7 @@ from bench.bench_pipeline import (  # noqa: E402
 )
 from bench.common import free_port as _free_port  # noqa: E402
 from bench.common import pin as _pin  # noqa: E402
+from bench.common import stop_service as _stop  # noqa: E402
 from bench.common import wait_pong as _wait_pong  # noqa: E402
 
 ROUNDS = 2
@@ -123,24 +124,6 @@ def _start_service(tmp: Path, name: str, extra: dict[str, str]) -> tuple[
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     _wait_pong(ports["tcp"], proc)
     return proc, ports, log_path
-
-
-def _stop(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[int, dict[str, Any]]:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait(5)
-    summary: dict[str, Any] = {}
-    for raw in log_path.read_bytes().splitlines():
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(line, dict) and line.get("event") == "shutdown complete":
-            summary = line
-    return code, summary
 
 
 def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +88,22 @@ def pinned_server(cmd: list[str], ready: Callable[[subprocess.Popen[bytes]], Non
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def stop_service(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[int, dict[str, Any]]:
+    """SIGTERM a service and wait; its exit code and its ``shutdown complete`` line."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait(5)
+    summary: dict[str, Any] = {}
+    for raw in log_path.read_bytes().splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("event") == "shutdown complete":
+            summary = line
+    return code, summary
