@@ -19,11 +19,10 @@ import orjson
 from aiohttp import web
 
 from service import log
-from service.cli import EXIT_CONFIG, run_service
-from service.config import ConfigError, load_settings
 from service.keys import OFFLOAD, SETTINGS
 from service.lifecycle import Service
 from service.routes.hash import parse_request, read_json_body, scrypt_hex
+from tests.apps import serve_with
 
 _released = threading.Event()
 _log = log.get_logger("tests.offload_app")
@@ -59,13 +58,7 @@ def add_routes(service: Service) -> None:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"offload_app: config error: {exc}")
-        return EXIT_CONFIG
-    log.configure(settings.log)
-    return run_service(settings, add_routes)
+    return serve_with("offload_app", add_routes)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ import asyncio
 
 from aiohttp import web
 
-from service import log
-from service.cli import EXIT_CONFIG, run_service
-from service.config import ConfigError, load_settings
 from service.lifecycle import Service
+from tests.apps import serve_with
 
 
 async def slow_get(request: web.Request) -> web.Response:
@@ -37,13 +35,7 @@ def add_routes(service: Service) -> None:
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"slow_service: config error: {exc}")
-        return EXIT_CONFIG
-    log.configure(settings.log)
-    return run_service(settings, add_routes)
+    return serve_with("slow_service", add_routes)
 
 
 if __name__ == "__main__":
