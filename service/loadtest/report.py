@@ -4,11 +4,20 @@ Each worker ships its latencies as an encoded HdrHistogram (the compressed
 wire format of the HdrHistogram family), so the merged percentiles are those
 of all requests, not an average of per-worker percentiles (which is wrong for
 tails). Values are microseconds with 3 significant digits.
+
+A closed-loop report also gives the percentiles *as wrk prints them*: wrk
+(not wrk2) post-corrects its closed-loop histogram for coordinated omission
+(``stats_correct`` in its ``src/stats.c``, called at the end of ``main`` in
+``src/wrk.c``), so its ``--latency`` tail is not the raw one. Comparing our
+raw p99 with wrk's is comparing two different statistics; :class:`WrkCorrected`
+applies wrk's exact rule to our histogram so the two can be held side by side.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -32,6 +41,81 @@ def to_wire(m: Measured) -> dict[str, Any]:
         hist.record_value(min(max(us, 1), HIGHEST_US), count)
     return {"histogram": hist.encode(), "statuses": dict(m.statuses),
             "errors": dict(m.errors), "duration": m.duration}
+
+
+def wrk_interval_us(requests: int, concurrency: int, duration_seconds: float) -> int:
+    """wrk's expected interval: run time over answers per connection, integer microseconds.
+
+    ``interval = runtime_us / (complete / connections)`` in wrk's ``main``, integer
+    division included; 0 (no correction) when a connection averaged under one answer.
+    """
+    per_connection = requests // concurrency if concurrency > 0 else 0
+    if per_connection == 0:
+        return 0
+    return int(duration_seconds * 1_000_000) // per_connection
+
+
+class WrkCorrected:
+    """``histogram`` after wrk's coordinated-omission correction with ``interval`` (us).
+
+    wrk's rule: every recorded latency ``n >= 2 * interval`` adds its count again at
+    ``n - interval``, ``n - 2 * interval``, ... while the value stays above ``interval``
+    (the requests a stalled connection would have sent had it not been waiting).
+    A 10 s latency with a 100 us interval means 100,000 synthetic samples, so they
+    are counted in closed form per recorded value instead of being recorded one by
+    one; percentiles are found by bisection over the value. With no recorded value
+    at or above ``2 * interval`` the result is the raw histogram's, exactly.
+    """
+
+    def __init__(self, histogram: HdrHistogram, interval_us: int) -> None:
+        self.interval = interval_us
+        recorded = [(int(item.value_iterated_to), int(item.count_at_value_iterated_to))
+                    for item in histogram.get_recorded_iterator()]
+        self.recorded = recorded
+        self.values = [v for v, _ in recorded]
+        self.cumulative = list(accumulate(c for _, c in recorded))
+        # (value, count, how many synthetic copies below it): k = 1.. while v - k*i > i.
+        self.extra = [(v, c, (v - 1) // interval_us - 1) for v, c in recorded
+                      if interval_us > 0 and v >= 2 * interval_us]
+        self.total = (self.cumulative[-1] if recorded else 0) + sum(
+            c * k for _, c, k in self.extra)
+        self.max = self.values[-1] if recorded else 0
+
+    def count_at_or_below(self, x: int) -> int:
+        """Raw and synthetic samples with a value of at most ``x`` microseconds."""
+        i = bisect_left(self.values, x + 1)
+        n = self.cumulative[i - 1] if i else 0
+        step = self.interval
+        for v, c, k_max in self.extra:
+            k_min = max(1, -((x - v) // step))  # smallest k with v - k*step <= x
+            if k_max >= k_min:
+                n += c * (k_max - k_min + 1)
+        return n
+
+    def value_at_percentile(self, percentile: float) -> int:
+        """The smallest value with ``percentile`` % of the samples at or below it.
+
+        The rank is HdrHistogram's (as for the raw percentiles), found by bisection.
+        """
+        if self.total == 0:
+            return 0
+        rank = max(int(min(percentile, 100.0) * self.total / 100 + 0.5), 1)
+        lo, hi = 0, self.max
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.count_at_or_below(mid) >= rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def mean(self) -> float:
+        if self.total == 0:
+            return 0.0
+        raw = sum(v * c for v, c in self.recorded)
+        step = self.interval
+        synthetic = sum(c * (k * v - step * k * (k + 1) // 2) for v, c, k in self.extra)
+        return (raw + synthetic) / self.total
 
 
 @dataclass
@@ -105,6 +189,29 @@ class Report:
         out["mean"] = round(h.get_mean_value() / 1000, 3)
         return out
 
+    @property
+    def co_interval_us(self) -> int:
+        """wrk's correction interval for this run; 0 for an open loop (nothing to correct)."""
+        if self.plan.open_loop:
+            return 0
+        return wrk_interval_us(self.requests, self.plan.concurrency, self.duration_seconds)
+
+    def latency_ms_co_corrected(self) -> dict[str, float] | None:
+        """Closed loop: the percentiles as wrk ``--latency`` computes them (see the module doc).
+
+        None for an open loop: it already times each request from its intended
+        send time, so there is no omission to correct.
+        """
+        if self.plan.open_loop:
+            return None
+        corrected = WrkCorrected(self.histogram, self.co_interval_us)
+        if corrected.total == 0:
+            return self.latency_ms()
+        out = {name: corrected.value_at_percentile(p) / 1000 for name, p in PERCENTILES}
+        out["max"] = corrected.max / 1000
+        out["mean"] = round(corrected.mean() / 1000, 3)
+        return out
+
     def slo_breaches(self) -> list[str]:
         """Human-readable reasons the SLO is broken (empty: met, or none set)."""
         broken = []
@@ -134,6 +241,8 @@ class Report:
             "duration_seconds": round(self.duration_seconds, 6),
             "requests_per_second": round(self.requests_per_second, 3),
             "latency_ms": self.latency_ms(),
+            "latency_ms_co_corrected": self.latency_ms_co_corrected(),
+            "co_interval_ms": self.co_interval_us / 1000 if not plan.open_loop else None,
             "statuses": self.statuses,
             "error_kinds": self.error_kinds,
             "slo": {"p99_ms": self.slo_p99_ms, "error_rate": self.slo_error_rate,
@@ -145,6 +254,8 @@ class Report:
         loop = (f"open loop at {plan.rate:g} req/s over {plan.concurrency} connections"
                 if plan.rate is not None else f"closed loop, {plan.concurrency} connections")
         lat = self.latency_ms()
+        fmt = "  ".join(f"{name.replace('p999', 'p99.9')} {{{name}:.3f}}"
+                        for name in ("p50", "p90", "p99", "p999", "max"))
         lines = [
             f"target      {plan.target}  ({plan.scenario}; {loop}; "
             f"{plan.workers} worker{'s' if plan.workers > 1 else ''})",
@@ -152,11 +263,15 @@ class Report:
             + (f" after {plan.warmup:g} s warmup" if plan.warmup else ""),
             f"requests    {self.requests:,}  ({self.requests_per_second:,.1f} req/s)",
             f"errors      {self.errors:,}  ({self.error_rate:.2%})",
-            "latency ms  " + "  ".join(f"{name.replace('p999', 'p99.9')} {lat[name]:.3f}"
-                                       for name in ("p50", "p90", "p99", "p999", "max")),
+            "latency ms  " + fmt.format(**lat),
             "statuses    " + (", ".join(f"{k}: {v:,}" for k, v in self.statuses.items())
                               or "none"),
         ]
+        corrected = self.latency_ms_co_corrected()
+        if corrected is not None and self.requests:
+            lines.insert(5, "  as wrk    " + fmt.format(**corrected)
+                         + f"  (coordinated-omission corrected like wrk --latency, "
+                           f"interval {self.co_interval_us / 1000:.3f} ms)")
         if self.error_kinds:
             lines.append("error kinds " + ", ".join(f"{k}: {v:,}"
                                                     for k, v in self.error_kinds.items()))

@@ -31,6 +31,7 @@ def test_json_report_has_the_contract_fields(tmp_path: Path,
     report = json.loads(out.read_text())
     assert set(report) >= JSON_KEYS
     assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
+    assert set(report["latency_ms_co_corrected"]) == set(report["latency_ms"])
     assert report["requests"] == target.count > 0
     assert report["statuses"] == {"200": target.count}
     assert report["errors"] == 0

@@ -91,6 +91,11 @@ async def test_open_loop_tail_shows_a_stall_that_the_closed_loop_hides() -> None
     assert open_ms["max"] >= 900, open_ms
     assert closed_ms["max"] >= 900, closed_ms  # the stall happened in the closed run too...
     assert closed_ms["p99"] < 500, closed_ms  # ...and its p99 hides it
+    # wrk-style correction puts back (some of) what the closed loop omitted.
+    assert opened.latency_ms_co_corrected() is None  # nothing omitted: no correction
+    corrected = closed.latency_ms_co_corrected()
+    assert corrected is not None
+    assert corrected["p99"] >= 500, (corrected, closed_ms)
 
 
 @pytest.mark.asyncio

@@ -1,11 +1,19 @@
 """The client measures what wrk measures on the same steady target.
 
-The target answers every request after a fixed 50 ms (``target_app``), so
-latency is the server's, not the clients' CPU: both tools, run side by side
-on it, must report the same percentiles and rate. Bounds are generous for a
-shared machine (p99 of two runs of wrk itself differ by a third there) but a
-client that timed the wrong interval, lost requests or lagged behind would
-fail them. bench_loadtest.py holds the 10% line on a saturated target.
+wrk (not wrk2) post-corrects a closed-loop histogram for coordinated omission
+before it prints ``--latency`` (``stats_correct`` in wrk's ``src/stats.c``):
+every latency of at least twice the mean round trip adds synthetic samples
+below it. The like-for-like figures are therefore the client's
+``latency_ms_co_corrected`` (wrk's rule applied to its own histogram), and
+the second test proves on a bimodal target that wrk really does this: there
+the corrected p90 is wrk's, the raw one is a fraction of it.
+
+Both tools run at once on one target, so they meet the same server and the
+same machine weather (sequential runs of wrk itself differ by a third in p99
+on this shared machine; side by side, two wrks agree within 2-3% idle and
+within 10% with both cores busy). A round passes when every figure is within
+10%; up to three rounds absorb a burst of load, so a client that times the
+wrong interval, loses requests or lags behind still fails every round.
 """
 
 from __future__ import annotations
@@ -16,20 +24,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-
-import pytest
+from contextlib import contextmanager
+from typing import Any
 
 from tests.helpers import ROOT, free_port, http_get, require_tool
 
-DELAY_MS = 50
+ROUNDS = 3
+TOLERANCE = 0.10
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-@pytest.fixture
-def steady_target() -> Iterator[str]:
+@contextmanager
+def target(delay_ms: int, slow_every: int = 0, slow_ms: int = 0) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.loadtest.target_app", str(port),
-                             str(DELAY_MS)], cwd=ROOT)
+                             str(delay_ms), str(slow_every), str(slow_ms)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(100):
@@ -55,25 +64,58 @@ def parse_wrk(out: str) -> tuple[dict[str, float], float]:
     return pcts, float(rps[1])
 
 
-def test_percentiles_and_rate_agree_with_wrk(steady_target: str) -> None:
-    """Both clients at once, 8 connections each: the same server, the same machine weather."""
+def side_by_side(url: str, connections: int, seconds: int) -> tuple[dict[str, Any],
+                                                                    dict[str, float], float]:
+    """Our report and wrk's percentiles and rate, both run at once against ``url``."""
     wrk = require_tool("wrk")
-    ours_proc = subprocess.Popen([sys.executable, "-m", "service", "loadtest", "http",
-                                  steady_target, "-c", "8", "-d", "3", "--json", "-"],
+    ours_proc = subprocess.Popen([sys.executable, "-m", "service", "loadtest", "http", url,
+                                  "-c", str(connections), "-d", str(seconds), "--json", "-"],
                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
     time.sleep(0.3)  # about what the Python client takes to start
-    wrk_out = subprocess.run([wrk, "-t1", "-c8", "-d3", "--latency", steady_target],
+    wrk_out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}", "--latency", url],
                              check=True, capture_output=True, text=True, timeout=30).stdout
     ours, _ = ours_proc.communicate(timeout=30)
     assert ours_proc.returncode == 0
-    wrk_pcts, wrk_rps = parse_wrk(wrk_out)
     report = json.loads(ours)
-    lat = report["latency_ms"]
-    assert report["errors"] == 0
-    assert lat["p50"] == pytest.approx(wrk_pcts["p50"], rel=0.10), (lat, wrk_pcts)
-    # wrk folds its coordinated-omission correction into its percentiles (each
-    # latency over twice the mean adds synthetic samples below it), so on a
-    # machine with hiccups its upper percentiles read higher than the raw ones.
-    assert lat["p90"] == pytest.approx(wrk_pcts["p90"], rel=0.25), (lat, wrk_pcts)
-    assert 0.5 * wrk_pcts["p99"] <= lat["p99"] <= 1.25 * wrk_pcts["p99"], (lat, wrk_pcts)
-    assert report["requests_per_second"] == pytest.approx(wrk_rps, rel=0.10)
+    assert report["errors"] == 0, report
+    wrk_pcts, wrk_rps = parse_wrk(wrk_out)
+    return report, wrk_pcts, wrk_rps
+
+
+def off_by(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, float]:
+    """Relative differences of the figures both have."""
+    return {k: round(ours[k] / theirs[k] - 1, 3) for k in theirs}
+
+
+def test_percentiles_and_rate_agree_with_wrk() -> None:
+    """10 ms per answer, 8 connections each: p50/p90/p99 and req/s within 10% of wrk's."""
+    rounds = []
+    with target(10) as url:
+        for _ in range(ROUNDS):
+            report, wrk_pcts, wrk_rps = side_by_side(url, 8, 3)
+            ours = {**report["latency_ms_co_corrected"], "rps": report["requests_per_second"]}
+            diff = off_by(ours, {**wrk_pcts, "rps": wrk_rps})
+            rounds.append((diff, ours, wrk_pcts, wrk_rps))
+            if all(abs(d) <= TOLERANCE for d in diff.values()):
+                return
+    raise AssertionError(f"not within 10% of wrk in {ROUNDS} rounds: {rounds}")
+
+
+def test_wrk_latency_is_coordinated_omission_corrected() -> None:
+    """Every 20th answer takes 30 ms, the rest are immediate, one connection each.
+
+    Raw, p90 is a fast answer (well under a millisecond); wrk prints about
+    25 ms, because each 30 ms answer adds synthetic samples every mean round
+    trip below it. Ours, corrected by wrk's rule, must print the same.
+    """
+    rounds = []
+    with target(0, 20, 30) as url:
+        for _ in range(ROUNDS):
+            report, wrk_pcts, _ = side_by_side(url, 1, 3)
+            raw, corrected = report["latency_ms"], report["latency_ms_co_corrected"]
+            assert raw["p90"] < wrk_pcts["p90"] / 3, (raw, wrk_pcts)  # wrk's is not raw
+            diff = off_by(corrected, {k: wrk_pcts[k] for k in ("p90", "p99")})
+            rounds.append((diff, corrected, wrk_pcts))
+            if all(abs(d) <= TOLERANCE for d in diff.values()):
+                return
+    raise AssertionError(f"not within 10% of wrk in {ROUNDS} rounds: {rounds}")
