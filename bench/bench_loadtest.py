@@ -2,11 +2,23 @@
 
 HTTP: a bare aiohttp app (one JSON route, uvloop, no access log) pinned to
 core 0; wrk (``-t1 -c64``) and ``service loadtest http -c 64`` (one worker)
-take turns on core 1, several rounds, alternating who goes first so a noisy
-neighbour hits both alike. Rows: the median per-round ratio of req/s (target
-0.9, ISSUE 7: a plain ``ClientSession`` loop reached ~0.7) and of p50/p90/p99
-(target within 10%; wrk's percentiles include its coordinated-omission
-correction, which adds samples only when latencies exceed twice the mean).
+take turns on core 1, several rounds of wrk, ours, wrk: each round's ratio
+is ours over the geometric mean of the wrk runs just before and after it,
+which cancels the drift of a shared machine. Rows: the median per-round ratio
+of req/s (target 0.9, ISSUE 7: a plain ``ClientSession`` loop reached ~0.7)
+and of p50/p90/p99 (target within 10%). wrk's ``--latency`` percentiles are
+coordinated-omission corrected (``stats_correct`` in wrk's ``src/stats.c``:
+each latency of twice the mean round trip or more adds synthetic samples
+below it), so ours are compared *corrected the same way*
+(``latency_ms_co_corrected``); the raw medians are in the note. A last row
+is the noise floor: how far wrk's own p99 moves between the two runs of a
+round (max/min), the yardstick for the p99 ratio: it is often above 1.2
+here, so a single saturated round cannot hold p99 to 10%. The issue's check
+("within 10% on the same steady target") is therefore also made where the
+noise floor is small: a target answering every request after 10 ms (core 0)
+driven by both clients *at once* (``-c 8`` each, unpinned), so they see the same
+server and the same machine weather; two wrks side by side agree within 2-3%
+there. Those rows are the median per-round ratio of three such rounds.
 
 TCP: the service's TCP core (``service serve``), then a bare uvloop
 ``Protocol`` PONG server, on core 0; ``bench/loadtest_ref/pingclient.c``
@@ -55,6 +67,22 @@ app.router.add_get("/v1/info", info)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
             print=None, loop=uvloop.new_event_loop())
 """
+
+STEADY_HTTP = """
+import asyncio, sys, uvloop
+from aiohttp import web
+
+async def answer(request):
+    await asyncio.sleep(0.01)
+    return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+app = web.Application()
+app.router.add_get("/{tail:.*}", answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
+            print=None, loop=uvloop.new_event_loop())
+"""
+STEADY_CONNECTIONS = 8
+STEADY_ROUNDS = 3
 
 BARE_PONG = """
 import asyncio, sys, uvloop
@@ -115,10 +143,16 @@ def _server(source: str | None, env: dict[str, str] | None = None) -> Iterator[i
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wrk(url: str, seconds: int) -> dict[str, float]:
-    out = subprocess.run([*_pin(1), "wrk", "-t1", f"-c{HTTP_CONNECTIONS}", f"-d{seconds}s",
-                          "--latency", url], check=True, capture_output=True, text=True,
+def _wrk(url: str, seconds: int, connections: int = HTTP_CONNECTIONS,
+         pin: bool = True) -> dict[str, float]:
+    cmd = [*(_pin(1) if pin else []), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+           "--latency", url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
     result = {f"p{m[1]}": float(m[2]) * UNITS_US[m[3]]
               for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -128,14 +162,65 @@ def _wrk(url: str, seconds: int) -> dict[str, float]:
     return result
 
 
+def _ours_cmd(args: list[str], seconds: int, pin: bool = True) -> list[str]:
+    return [*(_pin(1) if pin else []), sys.executable, "-m", "service", "loadtest", *args,
+            "-d", str(seconds), "--json", "-"]
+
+
 def _ours(args: list[str], seconds: int) -> dict[str, float]:
-    out = subprocess.run([*_pin(1), sys.executable, "-m", "service", "loadtest", *args,
-                          "-d", str(seconds), "--json", "-"], check=True, capture_output=True,
+    out = subprocess.run(_ours_cmd(args, seconds), check=True, capture_output=True,
                          text=True, timeout=seconds + 60, cwd=ROOT).stdout
+    return _parse_ours(out)
+
+
+def _side_by_side(url: str, seconds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Ours and wrk at the same time against ``url`` (ours starts first: it boots slower).
+
+    Not pinned: on one shared core each client's CPU bursts would show up as the
+    other's latency (measured: wrk's p99 up by 10-15% next to ours on core 1).
+    """
+    ours = subprocess.Popen(
+        _ours_cmd(["http", url, "-c", str(STEADY_CONNECTIONS)], seconds, pin=False),
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        time.sleep(0.3)
+        wrk = _wrk(url, seconds, STEADY_CONNECTIONS, pin=False)
+        out, _ = ours.communicate(timeout=seconds + 60)
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
+    if ours.returncode != 0:
+        raise RuntimeError(f"service loadtest exited {ours.returncode}")
+    return _parse_ours(out), wrk
+
+
+def _parse_ours(out: str) -> dict[str, float]:
     report = json.loads(out)
     lat = report["latency_ms"]
+    # wrk's --latency percentiles are coordinated-omission corrected (closed loop):
+    # the like-for-like figures are ours corrected the same way; raw ones kept as raw_*.
+    corrected = report["latency_ms_co_corrected"] or lat
     return {"rps": report["requests_per_second"], "errors": report["errors"],
-            **{k: lat[k] * 1000 for k in ("p50", "p90", "p99")}}
+            **{k: corrected[k] * 1000 for k in ("p50", "p90", "p99")},
+            **{f"raw_{k}": lat[k] * 1000 for k in ("p50", "p90", "p99")}}
+
+
+def _sandwich(ours: Any, theirs: Any) -> tuple[list[dict[str, float]], list[dict[str, float]],
+                                              list[dict[str, float]]]:
+    """ROUNDS rounds of theirs, ours, theirs: ours and the baseline runs around it."""
+    runs_ours, before, after = [], [], []
+    for _ in range(ROUNDS):
+        before.append(theirs())
+        runs_ours.append(ours())
+        after.append(theirs())
+    return runs_ours, before, after
+
+
+def _geomean(before: list[dict[str, float]],
+             after: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per round, the geometric mean of each figure of the two baseline runs."""
+    return [{k: (b[k] * a[k]) ** 0.5 for k in b} for b, a in zip(before, after, strict=True)]
 
 
 def _alternate(a: Any, b: Any) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -176,15 +261,36 @@ def http_rows(seconds: int) -> list[dict[str, Any]]:
     with _server(BARE_HTTP) as port:
         url = f"http://127.0.0.1:{port}/v1/info"
         _wrk(url, 1)  # warm the server up
-        ours_runs, wrk_runs = _alternate(
+        ours_runs, before, after = _sandwich(
             lambda: _ours(["http", url, "-c", str(HTTP_CONNECTIONS)], seconds),
             lambda: _wrk(url, seconds))
-    note = f"{ROUNDS} alternating rounds of {seconds}s runs, server core 0, clients core 1"
+    wrk_runs = _geomean(before, after)
+    note = (f"{ROUNDS} rounds of wrk, ours, wrk ({seconds}s runs; baseline: geometric mean of "
+            f"the two wrk runs), server core 0, clients core 1")
     rows = [_row("loadtest http vs wrk (bare aiohttp, c64)", ours_runs, "rps", "req/s", "wrk",
                  wrk_runs, ">= 0.90", note)]
     for p in ("p50", "p90", "p99"):
-        rows.append(_row(f"loadtest http {p} latency vs wrk", ours_runs, p, "us", "wrk",
-                         wrk_runs, "0.90-1.10", note))
+        raw = f"raw (uncorrected) median {_median(ours_runs, f'raw_{p}'):,.0f} us"
+        rows.append(_row(f"loadtest http {p} latency vs wrk (both CO-corrected as wrk does)",
+                         ours_runs, p, "us", "wrk", wrk_runs, "0.90-1.10", f"{note}; {raw}"))
+    spread = [max(b["p99"], a["p99"]) / min(b["p99"], a["p99"])
+              for b, a in zip(before, after, strict=True)]
+    rows.append({"name": "wrk p99 vs wrk p99, same round (noise floor)",
+                 "value": _median(before + after, "p99"), "unit": "us", "baseline": None,
+                 "baseline_value": None, "ratio": statistics.median(spread), "target": None,
+                 "note": "max/min of the two wrk runs of each round: "
+                         + " ".join(f"{r:.2f}" for r in spread)})
+    with _server(STEADY_HTTP) as port:
+        url = f"http://127.0.0.1:{port}/"
+        _wrk(url, 1, STEADY_CONNECTIONS)
+        pairs = [_side_by_side(url, seconds) for _ in range(STEADY_ROUNDS)]
+    ours_steady, wrk_steady = [o for o, _ in pairs], [w for _, w in pairs]
+    note = (f"{STEADY_ROUNDS} rounds, both clients at once ({seconds}s, c{STEADY_CONNECTIONS} "
+            f"each, not pinned) on a target answering after 10 ms (core 0)")
+    for p in ("p50", "p90", "p99"):
+        rows.append(_row(f"loadtest http {p} vs wrk side by side, steady 10 ms target "
+                         f"(CO-corrected as wrk)", ours_steady, p, "us", "wrk", wrk_steady,
+                         "0.90-1.10", note))
     return rows
 
 
