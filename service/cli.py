@@ -51,8 +51,10 @@ def run_service(settings: Settings, customize: Callable[[Service], None] | None 
     ``customize`` may add routes or components to the service before it
     starts (tests/apps/ use it); logging must already be configured.
     """
-    from service import log, offload
+    from service import gctune, log, offload
     from service.lifecycle import Service, serve
+
+    gctune.tune()
 
     async def main() -> int:
         service = Service(settings)

@@ -109,7 +109,7 @@ class PipelineSettings(Section):
     ingest_capacity: PositiveInt = 10_000
     enrich_capacity: PositiveInt = 10_000
     enrich_workers: PositiveInt = 4
-    batch_size: PositiveInt = 512
+    batch_size: PositiveInt = 4096
     flush_interval: PositiveFloat = 0.05
     subscriber_buffer: PositiveInt = 1000
 

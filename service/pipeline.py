@@ -301,7 +301,7 @@ class Pipeline:
     async def _sink_writer(self) -> None:
         queue = self._enriched
         size, interval = self.settings.batch_size, self.settings.flush_interval
-        loop = asyncio.get_running_loop()
+        monotonic = time.monotonic
         stopping = False
         while not stopping:
             batch = await queue.get(size)
@@ -309,14 +309,18 @@ class Pipeline:
                 break
             if not batch:
                 continue
-            deadline = loop.time() + interval
-            # A batch ends when full, when the flush interval since its first
-            # event is over, or at the stop marker.
+            # A batch ends when full, at the stop marker, or once its oldest
+            # event was acknowledged ``flush_interval`` ago. Counting from the
+            # acknowledgement (not from when this writer took the batch) makes
+            # this a group commit: events that queued up while the previous
+            # write and fsync ran are already old enough and go out at once,
+            # so a slow fsync is paid per batch, not per flush interval.
+            deadline = batch[0][1] + interval
             while len(batch) < size:
                 try:
                     more = queue.get_nowait(size - len(batch))
                 except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
+                    remaining = deadline - monotonic()
                     if remaining <= 0:
                         break
                     try:
