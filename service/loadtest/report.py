@@ -270,7 +270,7 @@ class Report:
         corrected = self.latency_ms_co_corrected()
         if corrected is not None and self.requests:
             lines.insert(5, "  as wrk    " + fmt.format(**corrected)
-                         + f"  (coordinated-omission corrected like wrk --latency, "
+                         + f"  (wrk's coordinated-omission correction, "
                            f"interval {self.co_interval_us / 1000:.3f} ms)")
         if self.error_kinds:
             lines.append("error kinds " + ", ".join(f"{k}: {v:,}"
