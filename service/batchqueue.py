@@ -10,6 +10,9 @@ bound with it.
 
 * ``put_nowait`` never waits: the caller checks :meth:`room` first (the
   intake's all-or-nothing check);
+* ``append_nowait`` adds a single item (a TCP line) to the newest batch when
+  that batch is one it made itself, so items that arrive one at a time do
+  not cost a list, a deque entry and a merge step each;
 * ``put`` waits for room (a batch larger than the whole capacity is let in
   when the queue is empty, so it cannot wait forever);
 * ``get(limit)`` returns the oldest batch, topped up with the following ones
@@ -31,6 +34,8 @@ T = TypeVar("T")
 
 # The stop marker: put it after the last batch; a consumer's get returns it as is.
 STOP: list[Any] = []
+# append_nowait starts a new batch after this many items (gets split larger ones anyway).
+APPEND_LIMIT = 256
 
 
 class BatchQueue(Generic[T]):
@@ -42,6 +47,8 @@ class BatchQueue(Generic[T]):
         self.capacity = capacity
         self._batches: deque[list[T]] = deque()
         self._size = 0
+        # The batch append_nowait is filling, while it is still the newest one queued.
+        self._open: list[T] | None = None
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
 
@@ -59,6 +66,23 @@ class BatchQueue(Generic[T]):
         """Append ``batch`` (the caller has checked :meth:`room`; STOP always fits)."""
         self._batches.append(batch)
         self._size += len(batch)
+        _wake(self._getters, 1)
+
+    def append_nowait(self, item: T) -> None:
+        """Append one item (the caller has checked :meth:`full`).
+
+        It joins the newest batch only if that batch was made here and has
+        not been taken: a list a producer handed to :meth:`put_nowait` is
+        never changed (the producer may still hold it).
+        """
+        batches, current = self._batches, self._open
+        if current is not None and batches and batches[-1] is current \
+                and len(current) < APPEND_LIMIT:
+            current.append(item)
+        else:
+            current = self._open = [item]
+            batches.append(current)
+        self._size += 1
         _wake(self._getters, 1)
 
     async def put(self, batch: list[T]) -> None:
@@ -99,6 +123,8 @@ class BatchQueue(Generic[T]):
         batch = batches.popleft()
         if batch is STOP:
             return batch
+        if not batches:
+            self._open = None  # the consumer owns every list taken; none is appended to
         if len(batch) > limit:
             batches.appendleft(batch[limit:])
             batch = batch[:limit]

@@ -169,7 +169,7 @@ class Pipeline:
             self._m_rejected["full"].inc()
             raise IntakeFull(1, RETRY_AFTER_SECONDS)
         event_id = self._ids.new()
-        self._ingest.put_nowait([(event_id, event, time.monotonic())])
+        self._ingest.append_nowait((event_id, event, time.monotonic()))
         self.accepted += 1
         self._m_accepted.value += 1
         return event_id

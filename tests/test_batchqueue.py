@@ -89,3 +89,38 @@ async def test_cancelled_waiters_leave_no_trace_and_wake_all_releases_the_rest()
     await asyncio.sleep(0)
     q.put_nowait([1])
     assert q.get_nowait(1) == [1]  # nothing was taken by the cancelled get
+
+
+@pytest.mark.asyncio
+async def test_single_items_join_the_newest_batch_only_if_the_queue_made_it() -> None:
+    q: BatchQueue[int] = BatchQueue(1000)
+    mine = [1, 2]
+    q.put_nowait(mine)
+    q.append_nowait(3)  # a producer's list is never appended to
+    q.append_nowait(4)
+    assert mine == [1, 2]
+    assert q.qsize() == 4
+    assert q.get_nowait(2) == [1, 2]
+    taken = q.get_nowait(10)
+    assert taken == [3, 4]
+    q.append_nowait(5)  # a batch already taken is the consumer's: a new one starts
+    assert taken == [3, 4]
+    q.put_nowait(STOP)
+    q.append_nowait(6)  # never merged into (or past) the stop marker
+    assert q.get_nowait(10) == [5]
+    assert q.get_nowait(10) is STOP
+    assert q.get_nowait(10) == [6]
+    for i in range(600):
+        q.append_nowait(i)
+    assert q.qsize() == 600
+    # Appended batches end at APPEND_LIMIT (256) items: a get of 300 takes one at a time.
+    assert [len(q.get_nowait(300)) for _ in range(3)] == [256, 256, 88]
+
+
+@pytest.mark.asyncio
+async def test_an_appended_item_wakes_a_waiting_getter() -> None:
+    q: BatchQueue[int] = BatchQueue(10)
+    getter = asyncio.create_task(q.get(5))
+    await asyncio.sleep(0)
+    q.append_nowait(7)
+    assert await asyncio.wait_for(getter, 1) == [7]
