@@ -37,7 +37,6 @@ transports: HTTP and TCP use the intake methods and map
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from types import TracebackType
@@ -60,9 +59,10 @@ _Ingested = tuple[str, Event, float]  # id, event, acknowledged at (monotonic)
 _Enriched = tuple[SinkLine, float]  # the encoded line, acknowledged at
 
 RETRY_AFTER_SECONDS = 1
-# Events an enrich worker takes at a time: small enough that the workers share
-# a large HTTP batch, large enough that queue operations are rare.
-WORKER_BATCH = 128
+# Events an enrich worker takes at a time: large enough that queue operations
+# are rare and that users repeat within a batch (one lookup per user per
+# batch), small enough that the workers share a burst of large HTTP batches.
+WORKER_BATCH = 512
 _SINK_RETRY_FIRST, _SINK_RETRY_MAX = 0.05, 2.0
 _ENRICHMENTS: tuple[Enrichment, ...] = ("ok", "unknown_user", "failed", "skipped")
 _NOT_LOOKED_UP: dict[str, Any] = {}  # a marker (identity), never a user
@@ -77,10 +77,19 @@ class EventIds:
 
     def __init__(self) -> None:
         self._prefix = f"{int(time.time()):08x}{os.urandom(4).hex()}-"
-        self._counter = itertools.count(1)
+        self._next = 1
 
     def new(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"
+        n = self._next
+        self._next = n + 1
+        return f"{self._prefix}{n:x}"
+
+    def many(self, count: int) -> list[str]:
+        """``count`` new ids at once (an HTTP batch): one call, not one per event."""
+        first = self._next
+        self._next = first + count
+        prefix = self._prefix
+        return [f"{prefix}{n:x}" for n in range(first, first + count)]
 
 
 class Pipeline:
@@ -184,12 +193,12 @@ class Pipeline:
             self._m_rejected["full"].inc(n)
             raise IntakeFull(n, RETRY_AFTER_SECONDS)
         now = time.monotonic()
-        new_id = self._ids.new
-        batch = [(new_id(), event, now) for event in events]
-        self._ingest.put_nowait(batch)
+        ids = self._ids.many(n)
+        self._ingest.put_nowait([(event_id, event, now)
+                                 for event_id, event in zip(ids, events, strict=True)])
         self.accepted += n
         self._m_accepted.value += n
-        return [event_id for event_id, _, _ in batch]
+        return ids
 
     async def offer(self, event: Event, timeout: float) -> str:
         """Like :meth:`offer_nowait`, but wait up to ``timeout`` seconds for room (TCP)."""
@@ -256,9 +265,11 @@ class Pipeline:
             if batch is STOP:
                 return
             out: list[_Enriched] = []
+            append = out.append
             # One lookup per user per batch: users repeat, and even a cache hit
             # costs a coroutine per call.
             found: dict[str, dict[str, Any] | None] = {}
+            ok = 0  # the common outcome is counted once per batch, the others as they come
             for event_id, event, acked in batch:
                 try:
                     user: dict[str, Any] | None = None
@@ -281,12 +292,16 @@ class Pipeline:
                     except TypeError:  # orjson.JSONEncodeError: the user record is not JSON
                         outcome = "failed"
                         data = encode_record(event_id, event, acked + offset, None, outcome)
-                    outcomes[outcome].value += 1
-                    out.append(((event_id, data), acked))
+                    if outcome == "ok":
+                        ok += 1
+                    else:
+                        outcomes[outcome].value += 1
+                    append(((event_id, data), acked))
                 except Exception:
                     # Not reachable with a validated event; if it is, lose this one
                     # event (counted as dropped at the end), never the worker.
                     log.exception("event could not be enriched nor encoded: dropped")
+            outcomes["ok"].value += ok
             if out:
                 await enriched.put(out)
 

@@ -303,6 +303,9 @@ def test_event_ids_are_unique_across_generators() -> None:
     a, b = EventIds(), EventIds()
     ids = {a.new() for _ in range(1000)} | {b.new() for _ in range(1000)}
     assert len(ids) == 2000
+    # Ids made in bulk (HTTP batches) continue the same sequence.
+    bulk = [*a.many(500), a.new(), *a.many(3)]
+    assert len(set(bulk) | ids) == 2504
 
 
 @pytest.mark.asyncio
