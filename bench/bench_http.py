@@ -4,7 +4,7 @@ The service runs as ``python -m service serve`` on its defaults (uvloop,
 request id, metrics, access log on at its default, written to a file); the
 baseline is a bare aiohttp app with one JSON route on the same aiohttp and
 uvloop, with no access log. Each server is pinned to core 0, wrk to core 1
-(``-t1 -c64``), and the runs alternate (bare, service, bare, service, ...)
+(``-t1 -c64``), and the runs alternate (bare, service, service, bare, ...)
 so a noisy neighbour hits both sides alike; the row reports the ratio of
 the medians. Target: 0.8 (ISSUE 2, ../shared/PERF-NOTES.md).
 
@@ -31,7 +31,7 @@ from bench.common import pin as _pin
 from bench.common import pinned_server, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDS = 3  # measured runs per side, alternating
+ROUNDS = 6  # measured runs per side, alternating
 CONNECTIONS = 64
 
 # The baseline: the same aiohttp and uvloop, one JSON route, nothing else.
@@ -111,13 +111,14 @@ def measure(duration: float, rounds: int = ROUNDS,
         # Warm both up (imports, first-request caches, CPU frequency).
         wrk(bare_url, 1)
         wrk(svc_url, 1)
-        for _ in range(rounds):
-            rps, cpu = _run(bare_url, bare_proc.pid, duration)
-            bare.append(rps)
-            bare_cpu.append(cpu)
-            rps, cpu = _run(svc_url, svc_proc.pid, duration)
-            svc.append(rps)
-            svc_cpu.append(cpu)
+        sides = [(bare_url, bare_proc.pid, bare, bare_cpu), (svc_url, svc_proc.pid, svc, svc_cpu)]
+        for i in range(rounds):
+            # Which side goes first alternates too: on this VM the speed drifts
+            # within a round, and a fixed order would hand it to one side.
+            for url, pid, out, cpu_out in (sides if i % 2 == 0 else sides[::-1]):
+                rps, cpu = _run(url, pid, duration)
+                out.append(rps)
+                cpu_out.append(cpu)
         access_lines = sum(1 for _ in (Path(tmp) / "service.log").open("rb"))
     return {
         "bare": bare, "service": svc,
@@ -132,7 +133,9 @@ def measure(duration: float, rounds: int = ROUNDS,
 
 
 def run(duration: float) -> list[dict[str, Any]]:
-    m = measure(duration)
+    # Six shorter runs per side rather than three long ones: the same wrk time,
+    # and a median that one slow stretch of the VM cannot move.
+    m = measure(duration / 2)
     runs = ", ".join(f"{b:,.0f}/{s:,.0f}" for b, s in zip(m["bare"], m["service"], strict=True))
     return [{
         "name": "HTTP GET /v1/info, full stack (wrk -t1 -c64, 1 core each)",

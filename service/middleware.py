@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
-from aiohttp.web_urldispatcher import AbstractResource
+from aiohttp.web_urldispatcher import AbstractRoute
 from multidict import istr
 
 from service.errors import ProblemError
@@ -42,6 +42,9 @@ REQUEST_ID_MAX = 128
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
 _KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"))
+# Cache entries for (method, route): routes are few, but methods are the
+# client's choice.
+_MAX_ROUTE_KEYS = 1024
 # Client closed the connection before the answer (nginx's convention).
 STATUS_CLIENT_CLOSED = 499
 
@@ -52,11 +55,12 @@ class RequestIds:
     """Cheap unique ids: a random per-process prefix and a counter."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
+        self._prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count(1)
 
     def new(self) -> str:
-        return f"{self._prefix}-{next(self._counter):x}"
+        # Concatenation, not an f-string: about 0.2 us less, once per request.
+        return self._prefix + hex(next(self._counter))[2:]
 
 
 def sane_request_id(value: str | None) -> bool:
@@ -129,14 +133,21 @@ def make_middleware(
     ids = RequestIds()
     in_flight = metrics.http_in_flight.labels()
     requests = metrics.http_requests
-    stats: dict[tuple[str, AbstractResource | None], _RouteStats] = {}
+    stats: dict[tuple[str, AbstractRoute | None], _RouteStats] = {}
     perf_counter = time.perf_counter
 
-    def route_stats(method: str, resource: AbstractResource | None) -> _RouteStats:
+    def route_stats(method: str, route: AbstractRoute) -> _RouteStats:
         # The route label is the template ("/v1/users/{user_id}/summary"), never
-        # the raw path.
-        route = resource.canonical if resource is not None else "unmatched"
-        entry = stats[(method, resource)] = _RouteStats(metrics, method, route)
+        # the raw path. 404s and 405s get a new system route each, so they share
+        # one key; clients choose methods, so unknown ones share the "other" label.
+        resource = route.resource
+        key = (method, route if resource is not None else None)
+        entry = stats.get(key)
+        if entry is None:
+            entry = _RouteStats(metrics, method if method in _KNOWN_METHODS else "other",
+                                resource.canonical if resource is not None else "unmatched")
+            if len(stats) < _MAX_ROUTE_KEYS:
+                stats[key] = entry
         return entry
 
     @web.middleware
@@ -157,12 +168,12 @@ def make_middleware(
             response = problem_from_http_exception(exc)
         except asyncio.CancelledError:
             # The client went away; count it, then let the cancellation go on.
+            in_flight.value -= 1
             _finish(request, start, STATUS_CLIENT_CLOSED, rid)
             raise
         except Exception as exc:
             response = unexpected_error(request, exc)
-        finally:
-            in_flight.value -= 1
+        in_flight.value -= 1
         response.headers[_RID_KEY] = rid
         if state.draining:
             # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
@@ -173,10 +184,10 @@ def make_middleware(
     def _finish(request: web.Request, start: float, status: int, rid: str) -> None:
         duration = perf_counter() - start
         method = request.method
-        if method not in _KNOWN_METHODS:
-            method = "other"  # clients choose methods: keep the label set bounded
-        resource = request.match_info.route.resource
-        entry = stats.get((method, resource)) or route_stats(method, resource)
+        # One dictionary lookup per request: the route object (the same for
+        # every request it matches) and the method give the cached children.
+        route = request.match_info.route
+        entry = stats.get((method, route)) or route_stats(method, route)
         counter = entry.statuses.get(status)
         if counter is None:
             counter = entry.statuses[status] = requests.labels(
@@ -184,9 +195,8 @@ def make_middleware(
         counter.value += 1
         entry.duration.observe(duration)
         if access_log.enabled:
-            headers = request.headers
-            access_log.log(method, entry.route, request.raw_path, status, duration, rid,
-                           request.remote, headers.get(_UA_KEY))
+            access_log.log(entry.method, entry.route, request.raw_path, status, duration, rid,
+                           request.remote, request.headers.get(_UA_KEY))
 
     return middleware
 

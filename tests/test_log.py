@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -77,6 +78,32 @@ def test_buffered_sink_writes_on_flush_and_at_once_for_errors() -> None:
     sink.write_line(b"c")
     sink.flush()
     assert buf.getvalue() == b"a\nb\nc\n"
+
+def test_buffered_access_lines_are_rendered_by_the_owner_thread_only() -> None:
+    """Deferred access entries: written by the buffering thread's flush, kept by others'."""
+    buf = io.BytesIO()
+    log.configure(LogSettings(format="json", flush_interval=0), stream=buf)
+    sink = log.sink()
+    sink.buffering = True
+    access = log.AccessLog(LogSettings(format="json"))
+    access.log("GET", "/v1/info", "/v1/info", 200, 0.0015, "rid-1", "127.0.0.1", "ua")
+    access.log("POST", "/v1/users/{id}", '/v1/users/"x', 404, 0.002, "rid-2", None, None)
+    # An error flushed from another thread does not render the loop's entries.
+    other = threading.Thread(target=lambda: sink.write_line(b'{"event":"boom"}', urgent=True))
+    other.start()
+    other.join()
+    assert buf.getvalue() == b'{"event":"boom"}\n'
+    out = lines(buf)[1:]  # flushes on this (the owner) thread
+    assert [(a["request_id"], a["status"], a["path"]) for a in out] == [
+        ("rid-1", 200, "/v1/info"), ("rid-2", 404, '/v1/users/"x')]
+    assert out[0]["duration_ms"] == 1.5
+    assert out[1]["remote"] is None
+    # Switching buffering off writes whatever is still deferred (shutdown).
+    access.log("GET", "/livez", "/livez", 200, 0.001, "rid-3", None, None)
+    sink.buffering = False
+    sink.flush()
+    assert lines(buf)[-1]["request_id"] == "rid-3"
+
 
 
 def _logging_app(**log_settings: Any) -> web.Application:
