@@ -168,12 +168,12 @@ def make_middleware(
             response = problem_from_http_exception(exc)
         except asyncio.CancelledError:
             # The client went away; count it, then let the cancellation go on.
-            in_flight.value -= 1
             _finish(request, start, STATUS_CLIENT_CLOSED, rid)
             raise
         except Exception as exc:
             response = unexpected_error(request, exc)
-        in_flight.value -= 1
+        finally:
+            in_flight.value -= 1
         response.headers[_RID_KEY] = rid
         if state.draining:
             # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
