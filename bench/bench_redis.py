@@ -94,7 +94,8 @@ def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
         [*_pin(1), binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
          "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-         "--logfile", str(directory / "redis.log")],
+         # Not redis.log: that is the log of the service named "redis" (_start_service).
+         "--logfile", str(directory / "redis-server.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while True:
