@@ -15,17 +15,17 @@ about a quarter less CPU per event.
 Nothing is leaked by collecting less often: the service's objects are freed
 by reference counting the moment they are dropped, and the collector only
 finds reference cycles, which are rare here. Garbage cycles still count
-towards the next young collection, so they are found within the next 50,000
-net allocations (a few MB at most).
+towards the next young collection, so they are found within the next 10,000
+net allocations.
 """
 
 from __future__ import annotations
 
 import gc
 
-# (generation 0, 1, 2): collect the young generation every 50,000 net container
+# (generation 0, 1, 2): collect the young generation every 10,000 net container
 # allocations; the older generations keep CPython's ratios of 10.
-THRESHOLDS = (50_000, 10, 10)
+THRESHOLDS = (10_000, 10, 10)
 
 
 def tune() -> None:
