@@ -43,9 +43,8 @@ class LogSink:
     While ``buffering``, the thread that switched it on (the event loop's)
     may also defer access-log entries (:class:`AccessLog`): raw values
     appended to a list that only that thread touches, rendered in one pass
-    when it flushes. A
-    request then pays for a tuple instead of a rendered line and a lock
-    (ISSUE 2's HTTP benchmark). Flushes from other threads (an urgent error)
+    when it flushes. A request then pays for a tuple instead of a rendered
+    line and a lock (ISSUE 2's HTTP benchmark). Flushes from other threads (an urgent error)
     leave the deferred entries for the owner's next flush.
     """
 
@@ -307,13 +306,12 @@ class AccessLog:
                 user_agent=user_agent)
             return
         sink = _sink
+        entry = (_time(), request_id, method, route, path, status, duration, remote,
+                 user_agent)
         if sink._buffering:
-            # Rendered later, many at once, by the flushing loop (LogSink).
-            sink._deferred.append((_time(), request_id, method, route, path, status,
-                                   duration, remote, user_agent))
+            sink._deferred.append(entry)  # rendered later, many at once (LogSink.flush)
         else:
-            sink.write_line(_render_access(((_time(), request_id, method, route, path,
-                                             status, duration, remote, user_agent),)))
+            sink.write_line(_render_access((entry,)))
 
 
 def _render_access(entries: list[tuple[Any, ...]] | tuple[tuple[Any, ...], ...]) -> bytes:
