@@ -27,7 +27,7 @@ from service.keys import (
 )
 from service.log import AccessLog
 from service.metrics import Metrics
-from service.middleware import make_middleware
+from service.middleware import ApiMiddleware
 from service.monitor import monitoring
 from service.offload import Offload
 from service.pipeline import Pipeline
@@ -46,9 +46,9 @@ def create_app(
     metrics = metrics or Metrics(settings.metrics.namespace)
     state = state or ServiceState()
     access_log = AccessLog(settings.log)
-    middleware = make_middleware(metrics, state, access_log)
+    middleware = ApiMiddleware(metrics, state, access_log)
     app = web.Application(
-        middlewares=[middleware],
+        middlewares=[middleware.middleware],
         client_max_size=settings.http.max_body_bytes,
         handler_args={"keepalive_timeout": settings.http.keepalive_timeout},
     )

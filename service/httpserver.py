@@ -11,20 +11,21 @@ keep-alive connection, are not affected (``keepalive_timeout`` covers idle).
 from __future__ import annotations
 
 import asyncio
-import functools
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from service.log import get_logger
 from service.metrics import CounterChild
-from service.middleware import problem_response
+from service.middleware import ApiMiddleware, problem_response
 
 log = get_logger("service.http")
+
+_ServerHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class HeaderTimeoutHandler(RequestHandler):
@@ -125,17 +126,17 @@ class AppRunner(web.AppRunner):
     """``web.AppRunner`` whose server is a :class:`HeaderTimeoutServer`.
 
     ``middleware``, when given, is taken out of the app's middleware list and
-    wrapped around the app's handler at the server instead. It then behaves
+    bound around the app's handler at the server instead. It then behaves
     the same (it sees 404/405 and every handler error) but costs one
     coroutine layer per request instead of aiohttp's two (its middleware
-    chain always adds ``_fix_request_current_app``) and a cache lookup: about
-    1.5 us of a ~30 us request, a few percent of the ISSUE 2 HTTP benchmark.
-    Apps run without this runner (tests' ``TestServer``) keep the middleware
-    in the app.
+    chain always adds ``_fix_request_current_app``), with no cache lookup and
+    no ``functools.partial`` call: about 2 us of a ~50 us request, a few
+    percent of the ISSUE 2 HTTP benchmark. Apps run without this runner
+    (tests' ``TestServer``) keep the middleware in the app.
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float,
-                 header_timeouts: CounterChild, middleware: Middleware | None = None,
+                 header_timeouts: CounterChild, middleware: ApiMiddleware | None = None,
                  **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
@@ -145,13 +146,14 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         mw = self._middleware
         if mw is not None:
-            self.app.middlewares.remove(mw)  # before startup freezes the list
+            self.app.middlewares.remove(mw.middleware)  # before startup freezes the list
         # Let aiohttp build its server (start-up hooks, handler args), then
         # make ours from the same parts.
         base = await super()._make_server()
         handler = base.request_handler
         if mw is not None:
-            handler = functools.partial(mw, handler=handler)
+            # The server's request factory is the app's: it makes web.Request objects.
+            handler = cast(_ServerHandler, mw.bind(handler))
         return HeaderTimeoutServer(
             handler, request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),

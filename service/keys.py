@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from service.config import Settings
 from service.downstream import Downstreams
 from service.log import AccessLog
 from service.metrics import Metrics
+from service.middleware import ApiMiddleware
 from service.offload import Offload
 from service.pipeline import Pipeline
 from service.sinks import Sink
@@ -27,4 +27,4 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 SINK: web.AppKey[Sink] = web.AppKey("sink")
 # The one middleware (service.middleware); the lifecycle's runner hoists it to the
 # server (service.httpserver) to save aiohttp's per-request middleware layers.
-HTTP_MIDDLEWARE: web.AppKey[Middleware] = web.AppKey("http_middleware")
+HTTP_MIDDLEWARE = web.AppKey("http_middleware", ApiMiddleware)

@@ -313,7 +313,9 @@ class Metrics:
         self.ready_child = self.ready.labels()
 
         self.tasks = TaskStateCollector(f"{ns}_asyncio_tasks", classify=task_group)
-        self.registry.register(_FastCollector(self._families))
+        # Producers that count in batches (service.middleware) settle before a scrape.
+        self.before_collect: list[Callable[[], None]] = []
+        self.registry.register(_FastCollector(self._families, self.before_collect))
         self.registry.register(self.tasks)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -325,10 +327,14 @@ class Metrics:
 
 
 class _FastCollector(Collector):
-    def __init__(self, families: Iterable[Counter | Gauge | Histogram]) -> None:
+    def __init__(self, families: Iterable[Counter | Gauge | Histogram],
+                 before: Iterable[Callable[[], None]]) -> None:
         self._families = families
+        self._before = before
 
     def collect(self) -> Iterable[Metric]:
+        for settle in self._before:
+            settle()
         for family in self._families:
             yield family.collect()
 

@@ -12,9 +12,9 @@ about a tenth of a cheap request (see ../shared/PERF-NOTES.md).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -22,12 +22,21 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.typedefs import Middleware
-from aiohttp.web_urldispatcher import AbstractRoute
+from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 from multidict import istr
 
 from service.errors import ProblemError
-from service.log import AccessLog, get_logger, request_id_var
+from service.log import (
+    AccessEntry,
+    AccessLog,
+    access_prefix,
+    get_logger,
+    render_access,
+    request_id_var,
+    sink,
+)
 from service.metrics import CounterChild, HistogramChild, Metrics
 from service.state import ServiceState
 
@@ -49,18 +58,6 @@ _MAX_ROUTE_KEYS = 1024
 STATUS_CLIENT_CLOSED = 499
 
 log = get_logger("service.http")
-
-
-class RequestIds:
-    """Cheap unique ids: a random per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex() + "-"
-        self._counter = itertools.count(1)
-
-    def new(self) -> str:
-        # Concatenation, not an f-string: about 0.2 us less, once per request.
-        return self._prefix + hex(next(self._counter))[2:]
 
 
 def sane_request_id(value: str | None) -> bool:
@@ -117,88 +114,188 @@ def unexpected_error(request: web.Request, exc: BaseException) -> web.Response:
 
 
 class _RouteStats:
-    __slots__ = ("duration", "method", "route", "statuses")
+    __slots__ = ("duration", "log_prefix", "method", "route", "statuses")
 
     def __init__(self, metrics: Metrics, method: str, route: str) -> None:
         self.method = method
         self.route = route
         self.duration: HistogramChild = metrics.http_duration.labels(method, route)
         self.statuses: dict[int, CounterChild] = {}
+        self.log_prefix = access_prefix(method, route)
 
 
-def make_middleware(
-    metrics: Metrics, state: ServiceState, access_log: AccessLog
-) -> Middleware:
-    """Build the middleware with every per-request lookup resolved up front."""
-    ids = RequestIds()
-    in_flight = metrics.http_in_flight.labels()
-    requests = metrics.http_requests
-    stats: dict[tuple[str, AbstractRoute | None], _RouteStats] = {}
-    perf_counter = time.perf_counter
+# What the middleware keeps of an answered request until the next settle:
+# (start, end, request line and headers, match info, status, request id, peer).
+_Record = tuple[float, float, RawRequestMessage, "UrlMappingMatchInfo | None", int, str, Any]
+# Request ids are made in batches of this many, at settle time.
+_ID_BATCH = 1024
 
-    def route_stats(method: str, route: AbstractRoute) -> _RouteStats:
+
+class ApiMiddleware:
+    """The public API's middleware: request id, metrics, access log, errors.
+
+    A request does the part that cannot wait: read or make the request id,
+    bind it for logging, map errors to problem+json, set the response header,
+    and keep a record tuple. :meth:`settle` folds the records into the metric
+    children and the access log in one tight loop, at the log sink's flush
+    (every ``log.flush_interval``), before every metrics scrape, and at once
+    when the sink is unbuffered or ``LogSink.max_pending`` records wait. Per
+    request that is about half the CPU of counting and logging inline: the
+    batch runs hot in the CPU caches, a request's own path is cold
+    (ISSUE 2's HTTP benchmark).
+
+    ``middleware`` is the aiohttp middleware (for apps run as they are, e.g.
+    by tests' ``TestServer``); ``bind(handler)`` makes the same function with
+    ``handler`` as its default, which ``service.httpserver.AppRunner`` calls
+    with the request alone: no ``functools.partial`` with a keyword per request.
+
+    The request path reads a few aiohttp attributes behind their public
+    properties (``_headers``, ``_method``, ``_match_info``, ``_message``,
+    ``_transport_peername``, ``_status``): each property is a Python-level
+    call of about 0.5 us. ``tests/test_middleware.py::
+    test_private_request_fields_match_the_public_api`` pins them to the public
+    API, so an aiohttp upgrade that changes them fails there. This middleware
+    is the outermost layer, so the request it sees is never a clone.
+    """
+
+    def __init__(self, metrics: Metrics, state: ServiceState, access_log: AccessLog) -> None:
+        self._metrics = metrics
+        self._state = state
+        self._access_log = access_log
+        self._stats: dict[tuple[str, AbstractRoute | None], _RouteStats] = {}
+        self._records: list[_Record] = []
+        self._owner = threading.get_ident()  # the loop's thread: records are its own
+        # Request ids: a random per-process prefix and a counter, made ahead in
+        # batches (a list's pop per request; the last made comes out first).
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._next_id = 1
+        self._ids: list[str] = []
+        self._make_ids()
+        self.middleware: Middleware = web.middleware(self._build(None))
+        metrics.before_collect.append(self.settle)
+        sink().add_flush_hook(self.settle)
+
+    def bind(self, handler: Handler) -> Handler:
+        return self._build(handler)
+
+    def _route_stats(self, method: str, route: AbstractRoute | None) -> _RouteStats:
         # The route label is the template ("/v1/users/{user_id}/summary"), never
         # the raw path. 404s and 405s get a new system route each, so they share
         # one key; clients choose methods, so unknown ones share the "other" label.
-        resource = route.resource
+        # (No route at all: the request ended before routing.)
+        resource = route.resource if route is not None else None
         key = (method, route if resource is not None else None)
-        entry = stats.get(key)
+        entry = self._stats.get(key)
         if entry is None:
-            entry = _RouteStats(metrics, method if method in _KNOWN_METHODS else "other",
+            entry = _RouteStats(self._metrics, method if method in _KNOWN_METHODS else "other",
                                 resource.canonical if resource is not None else "unmatched")
-            if len(stats) < _MAX_ROUTE_KEYS:
-                stats[key] = entry
+            if len(self._stats) < _MAX_ROUTE_KEYS:
+                self._stats[key] = entry
         return entry
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = perf_counter()
-        rid = request.headers.get(_RID_KEY)
-        if rid is None or _SANE_REQUEST_ID(rid) is None:
-            rid = ids.new()
-        # Each request runs in its own task with a copied context, so this
-        # binding ends with the request.
-        request_id_var.set(rid)
-        in_flight.value += 1
-        try:
-            response = await handler(request)
-        except ProblemError as exc:
-            response = problem_from_error(exc)
-        except web.HTTPException as exc:
-            response = problem_from_http_exception(exc)
-        except asyncio.CancelledError:
-            # The client went away; count it, then let the cancellation go on.
-            _finish(request, start, STATUS_CLIENT_CLOSED, rid)
-            raise
-        except Exception as exc:
-            response = unexpected_error(request, exc)
-        finally:
-            in_flight.value -= 1
-        response.headers[_RID_KEY] = rid
-        if state.draining:
-            # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
-            response.force_close()
-        _finish(request, start, response.status, rid)
-        return response
+    def _make_ids(self) -> None:
+        """Top the request ids up to a full batch (the newest first: ids pop from the end)."""
+        first, prefix = self._next_id, self._id_prefix
+        self._next_id = first + _ID_BATCH - len(self._ids)
+        self._ids[:0] = [prefix + hex(n)[2:] for n in range(self._next_id - 1, first - 1, -1)]
 
-    def _finish(request: web.Request, start: float, status: int, rid: str) -> None:
-        duration = perf_counter() - start
-        method = request.method
-        # One dictionary lookup per request: the route object (the same for
-        # every request it matches) and the method give the cached children.
-        route = request.match_info.route
-        entry = stats.get((method, route)) or route_stats(method, route)
-        counter = entry.statuses.get(status)
-        if counter is None:
-            counter = entry.statuses[status] = requests.labels(
-                entry.method, entry.route, str(status))
-        counter.value += 1
-        entry.duration.observe(duration)
-        if access_log.enabled:
-            access_log.log(entry.method, entry.route, request.raw_path, status, duration, rid,
-                           request.remote, request.headers.get(_UA_KEY))
+    def _new_id(self) -> str:
+        self._make_ids()
+        return self._ids.pop()
 
-    return middleware
+    def settle(self) -> None:
+        """Count the requests answered since the last call, and write their access lines."""
+        records = self._records
+        if not records or threading.get_ident() != self._owner:
+            return
+        batch = records[:]
+        records.clear()  # the same list: the request path holds its bound append
+        stats = self._stats
+        route_stats = self._route_stats
+        requests = self._metrics.http_requests
+        access = self._access_log
+        log_all = access.enabled and access.sample >= 1.0
+        log_some = access.enabled and not log_all
+        lines: list[AccessEntry] = []
+        line = lines.append
+        for start, end, message, match_info, status, rid, peer in batch:
+            duration = end - start
+            method = message.method
+            route = match_info.route if match_info is not None else None
+            entry = stats.get((method, route)) or route_stats(method, route)
+            counter = entry.statuses.get(status)
+            if counter is None:
+                counter = entry.statuses[status] = requests.labels(
+                    entry.method, entry.route, str(status))
+            counter.value += 1
+            entry.duration.observe(duration)
+            if log_all or (log_some and access.sampled(status, duration)):
+                agent = message.headers.get(_UA_KEY)
+                if access.console:
+                    access.log(entry.method, entry.route, message.path, status, duration, rid,
+                               peer[0] if isinstance(peer, tuple) else peer, agent)
+                else:
+                    line((end, rid, entry.log_prefix, message.path, status, duration, peer,
+                          agent))
+        if lines:
+            sink().write_line(render_access(lines))
+        if len(self._ids) < _ID_BATCH // 2:
+            self._make_ids()
+
+    def _build(self, default: Handler | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+        # Everything the request path touches is a local of this closure.
+        state = self._state
+        pop_id = self._ids.pop
+        new_id = self._new_id
+        set_request_id = request_id_var.set
+        in_flight = self._metrics.http_in_flight.labels()
+        perf_counter = time.perf_counter
+        records = self._records
+        record = records.append
+        log_sink = sink()
+        settle = self.settle
+
+        async def middleware(
+            request: web.Request, handler: Handler | None = default
+        ) -> web.StreamResponse:
+            start = perf_counter()
+            rid = request._headers.get(_RID_KEY)
+            if rid is None or _SANE_REQUEST_ID(rid) is None:
+                try:
+                    rid = pop_id()
+                except IndexError:  # more requests than a batch since the last settle
+                    rid = new_id()
+            # Each request runs in its own task with a copied context, so this
+            # binding ends with the request.
+            set_request_id(rid)
+            in_flight.value += 1
+            try:
+                response = await handler(request)  # type: ignore[misc]
+            except ProblemError as exc:
+                response = problem_from_error(exc)
+            except web.HTTPException as exc:
+                response = problem_from_http_exception(exc)
+            except asyncio.CancelledError:
+                # The client went away; count it, then let the cancellation go on.
+                record((start, perf_counter(), request._message, request._match_info,
+                        STATUS_CLIENT_CLOSED, rid, request._transport_peername))
+                settle()
+                raise
+            except Exception as exc:
+                response = unexpected_error(request, exc)
+            finally:
+                in_flight.value -= 1
+            response.headers[_RID_KEY] = rid
+            if state.draining:
+                # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
+                response.force_close()
+            record((start, perf_counter(), request._message, request._match_info,
+                    response._status, rid, request._transport_peername))
+            if len(records) > log_sink.max_pending:
+                settle()
+            return response
+
+        return middleware
 
 
 @web.middleware

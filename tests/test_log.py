@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 
 from service import log
 from service.app import create_app
 from service.config import LogSettings
+from service.keys import METRICS
 from tests.conftest import make_settings
 
 
@@ -79,31 +81,56 @@ def test_buffered_sink_writes_on_flush_and_at_once_for_errors() -> None:
     sink.flush()
     assert buf.getvalue() == b"a\nb\nc\n"
 
-def test_buffered_access_lines_are_rendered_by_the_owner_thread_only() -> None:
-    """Deferred access entries: written by the buffering thread's flush, kept by others'."""
+@pytest.mark.asyncio
+async def test_buffered_access_lines_are_settled_by_the_owner_thread_only() -> None:
+    """Batched access lines: written at the loop's flush and scrape, never by other threads'."""
     buf = io.BytesIO()
     log.configure(LogSettings(format="json", flush_interval=0), stream=buf)
     sink = log.sink()
-    sink.buffering = True
+    sink.buffering = True  # as the service's log flusher does, on the loop's thread
+    app = create_app(make_settings())
+    try:
+        async with TestClient(TestServer(app)) as client:
+            rids = [(await client.get(path)).headers["X-Request-ID"]
+                    for path in ("/v1/info", "/v1/nope", "/livez")]
+            assert buf.getvalue() == b""  # waiting for the flush
+            # An error flushed from another thread does not render the loop's records.
+            other = threading.Thread(
+                target=lambda: sink.write_line(b'{"event":"boom"}', urgent=True))
+            other.start()
+            other.join()
+            assert buf.getvalue() == b'{"event":"boom"}\n'
+            # A scrape counts them (and queues their lines for the flush).
+            requests = app[METRICS].http_requests
+            generate_latest(app[METRICS].registry)
+            assert requests.labels("GET", "/v1/info", "200").value == 1
+            assert requests.labels("GET", "unmatched", "404").value == 1
+            out = lines(buf)[1:]  # flushes on this (the owner) thread
+            assert [(a["request_id"], a["status"], a["path"]) for a in out] == [
+                (rids[0], 200, "/v1/info"), (rids[1], 404, "/v1/nope"), (rids[2], 200, "/livez")]
+            assert all(0 < a["duration_ms"] < 5000 for a in out)
+            # Switching buffering off writes whatever is still waiting (shutdown).
+            rid = (await client.get("/livez")).headers["X-Request-ID"]
+            sink.buffering = False
+            assert lines(buf)[-1]["request_id"] == rid
+    finally:
+        sink.buffering = False
+
+
+def test_access_log_line_fields_and_escaping() -> None:
+    buf = io.BytesIO()
+    log.configure(LogSettings(format="json", flush_interval=0), stream=buf)
     access = log.AccessLog(LogSettings(format="json"))
     access.log("GET", "/v1/info", "/v1/info", 200, 0.0015, "rid-1", "127.0.0.1", "ua")
-    access.log("POST", "/v1/users/{id}", '/v1/users/"x', 404, 0.002, "rid-2", None, None)
-    # An error flushed from another thread does not render the loop's entries.
-    other = threading.Thread(target=lambda: sink.write_line(b'{"event":"boom"}', urgent=True))
-    other.start()
-    other.join()
-    assert buf.getvalue() == b'{"event":"boom"}\n'
-    out = lines(buf)[1:]  # flushes on this (the owner) thread
-    assert [(a["request_id"], a["status"], a["path"]) for a in out] == [
-        ("rid-1", 200, "/v1/info"), ("rid-2", 404, '/v1/users/"x')]
-    assert out[0]["duration_ms"] == 1.5
-    assert out[1]["remote"] is None
-    # Switching buffering off writes whatever is still deferred (shutdown).
-    access.log("GET", "/livez", "/livez", 200, 0.001, "rid-3", None, None)
-    sink.buffering = False
-    sink.flush()
-    assert lines(buf)[-1]["request_id"] == "rid-3"
-
+    access.log("POST", '/v1/"r"', '/v1/users/"x\\', 404, 0.002, "rid-2", None, None)
+    first, second = lines(buf)
+    assert first == {"event": "access", "logger": "access", "level": "info",
+                     "timestamp": first["timestamp"], "request_id": "rid-1", "method": "GET",
+                     "route": "/v1/info", "path": "/v1/info", "status": 200,
+                     "duration_ms": 1.5, "remote": "127.0.0.1", "user_agent": "ua"}
+    assert second["route"] == '/v1/"r"'
+    assert second["path"] == '/v1/users/"x\\'
+    assert second["remote"] is None and second["user_agent"] is None
 
 
 def _logging_app(**log_settings: Any) -> web.Application:

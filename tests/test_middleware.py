@@ -181,3 +181,29 @@ async def test_client_gone_is_counted_as_499() -> None:
             await asyncio.sleep(0.01)
         assert counter.value == 1
         assert app[METRICS].http_in_flight.labels().value == 0
+
+
+@pytest.mark.asyncio
+async def test_private_request_fields_match_the_public_api() -> None:
+    """The middleware reads aiohttp's attributes behind these properties (ApiMiddleware)."""
+    seen: dict[str, Any] = {}
+
+    async def probe(request: web.Request) -> web.Response:
+        seen.update(request=request, match_info=request.match_info)
+        return web.Response(text="ok", status=201)
+
+    app = _app()
+    app.router.add_get("/probe/{x}", probe)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/probe/1?q=2", headers={"User-Agent": "probe/1"})
+        assert resp.status == 201
+    request = seen["request"]
+    assert request._headers is request.headers
+    assert request._method == request.method == "GET"
+    assert request._match_info is seen["match_info"]
+    assert request._match_info.route is seen["match_info"].route
+    assert request._message.path == request.raw_path == "/probe/1?q=2"
+    assert isinstance(request._transport_peername, tuple)
+    assert request._transport_peername[0] == request.remote == "127.0.0.1"
+    response = web.Response(status=418)
+    assert response._status == response.status == 418
