@@ -130,7 +130,8 @@ def test_access_log_line_fields_and_escaping() -> None:
                      "duration_ms": 1.5, "remote": "127.0.0.1", "user_agent": "ua"}
     assert second["route"] == '/v1/"r"'
     assert second["path"] == '/v1/users/"x\\'
-    assert second["remote"] is None and second["user_agent"] is None
+    assert second["remote"] is None
+    assert second["user_agent"] is None
 
 
 def _logging_app(**log_settings: Any) -> web.Application:
