@@ -286,8 +286,8 @@ def get_logger(name: str | None = None, **initial: Any) -> Any:
 
 
 # An access entry: (perf_counter at the end, request id, access_prefix(method,
-# route), raw path, status, duration in seconds, peer address, user agent).
-AccessEntry = tuple[float, str, str, str, int, float, Any, "str | None"]
+# route, status), raw path, duration in seconds, peer address, user agent).
+AccessEntry = tuple[float, str, str, str, float, Any, "str | None"]
 
 _dumps = orjson.dumps
 # JSON string literals of values that repeat from request to request (paths,
@@ -310,9 +310,23 @@ def _json_literal(value: Any) -> str:
     return text
 
 
-def access_prefix(method: str, route: str) -> str:
-    """The ``"method":...,"route":...,`` part of an access line, made once per route."""
-    return f'"method":{_dumps(method).decode()},"route":{_dumps(route).decode()},'
+def access_prefix(method: str, route: str, status: int) -> str:
+    """The ``"method":...,"route":...,"status":...,`` part of an access line, made once."""
+    return (f'"method":{_dumps(method).decode()},"route":{_dumps(route).decode()},'
+            f'"status":{int(status)},')
+
+
+# "duration_ms" texts by whole microseconds: loaded servers answer in a few
+# thousand distinct microsecond values, and a float format costs more than
+# the rest of the line's fields together.
+_durations: dict[int, str] = {}
+
+
+def _duration_text(us: int) -> str:
+    if len(_durations) >= _JSON_CACHE_MAX * 4:
+        _durations.clear()
+    text = _durations[us] = f"{us // 1000}.{us % 1000:03d}"
+    return text
 
 
 class AccessLog:
@@ -352,7 +366,7 @@ class AccessLog:
                 user_agent=user_agent)
             return
         _sink.write_line(render_access([(time.perf_counter(), request_id,
-                                         access_prefix(method, route), path, status,
+                                         access_prefix(method, route, status), path,
                                          duration, remote, user_agent)]))
 
 
@@ -370,18 +384,19 @@ def render_access(entries: list[AccessEntry]) -> bytes:
     # this offset turns them into wall-clock time.
     offset = time.time() - time.perf_counter()
     literal = _json_literals.get
+    duration_text = _durations.get
     out: list[str] = []
     append = out.append
     stamp = ""
     stamp_until = 0.0  # entries come in completion order: one timestamp per millisecond
-    for end, rid, prefix, path, status, duration, peer, agent in entries:
+    for end, rid, prefix, path, duration, peer, agent in entries:
         when = end + offset
         if when >= stamp_until or when < stamp_until - 0.001:
             stamp = _clock.at(when)
             stamp_until = (int(when * 1000) + 1) / 1000
         append(f'{{"event":"access","logger":"access","level":"info","timestamp":"{stamp}",'
                f'"request_id":"{rid}",{prefix}"path":{literal(path) or _json_literal(path)},'
-               f'"status":{status},"duration_ms":{duration * 1000:.3f},'
+               f'"duration_ms":{duration_text(us := int(duration * 1e6)) or _duration_text(us)},'
                f'"remote":{literal(peer) or _json_literal(peer)},'
                f'"user_agent":{literal(agent) or _json_literal(agent)}}}')
     return "\n".join(out).encode()

@@ -201,7 +201,7 @@ async def test_private_request_fields_match_the_public_api() -> None:
     assert request._headers is request.headers
     assert request._method == request.method == "GET"
     assert request._match_info is seen["match_info"]
-    assert request._match_info.route is seen["match_info"].route
+    assert request._match_info._route is request._match_info.route is seen["match_info"].route
     assert request._message.path == request.raw_path == "/probe/1?q=2"
     assert isinstance(request._transport_peername, tuple)
     assert request._transport_peername[0] == request.remote == "127.0.0.1"
