@@ -83,7 +83,8 @@ class BatchQueue(Generic[T]):
             current = self._open = [item]
             batches.append(current)
         self._size += 1
-        _wake(self._getters, 1)
+        if self._getters:  # a function call per TCP line saved while consumers are busy
+            _wake(self._getters, 1)
 
     async def put(self, batch: list[T]) -> None:
         """Append ``batch`` once there is room for all of it."""

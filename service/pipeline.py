@@ -72,24 +72,31 @@ class EventIds:
     """Unique, cheap, roughly time-ordered ids: start time + random per process, then a counter.
 
     The random part keeps ids of a restarted process (same second, same
-    sink file) from colliding with the previous run's.
+    sink file) from colliding with the previous run's. Single ids are made
+    ahead, a batch at a time (a list's pop per TCP line instead of a format).
     """
+
+    BATCH = 1024
 
     def __init__(self) -> None:
         self._prefix = f"{int(time.time()):08x}{os.urandom(4).hex()}-"
         self._next = 1
+        self._ahead: list[str] = []
 
     def new(self) -> str:
-        n = self._next
-        self._next = n + 1
-        return f"{self._prefix}{n:x}"
+        try:
+            return self._ahead.pop()
+        except IndexError:
+            # Made in reverse, so that pop() hands them out in order.
+            self._ahead = self.many(self.BATCH)[::-1]
+            return self._ahead.pop()
 
     def many(self, count: int) -> list[str]:
         """``count`` new ids at once (an HTTP batch): one call, not one per event."""
         first = self._next
         self._next = first + count
         prefix = self._prefix
-        return [f"{prefix}{n:x}" for n in range(first, first + count)]
+        return [prefix + hex(n)[2:] for n in range(first, first + count)]
 
 
 class Pipeline:
@@ -174,11 +181,12 @@ class Pipeline:
         if self._closed:
             self._m_rejected["closed"].inc()
             raise IntakeClosed
-        if self._ingest.full():
+        ingest = self._ingest
+        if ingest.full():
             self._m_rejected["full"].inc()
             raise IntakeFull(1, RETRY_AFTER_SECONDS)
         event_id = self._ids.new()
-        self._ingest.append_nowait((event_id, event, time.monotonic()))
+        ingest.append_nowait((event_id, event, time.monotonic()))
         self.accepted += 1
         self._m_accepted.value += 1
         return event_id

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.events import (
+    _MAX_GROWTH,
     MAX_ID_CHARS,
     MAX_PAYLOAD_BYTES,
     EventError,
@@ -162,6 +163,41 @@ def test_edge_cases_raise_only_event_errors(data: bytes) -> None:
     for fn, args in ((parse_line, ()), (parse_json_body, (MAX_EVENTS,)),
                      (parse_ndjson_body, (MAX_EVENTS,))):
         _only_event_errors(fn, data, *args)
+
+
+# JSON number literals as clients may write them: exponents make the shortest
+# sources for the longest re-encodings ("1e15" is 1000000000000000.0).
+number_literals = st.builds(
+    lambda sign, mantissa, frac, exp: f"{sign}{mantissa}{frac}{exp}",
+    st.sampled_from(["", "-"]), st.integers(0, 10**20).map(str),
+    st.sampled_from(["", ".0", ".5", ".123456789"]),
+    st.integers(-330, 330).map(lambda e: f"e{e}") | st.just(""),
+)
+growth_sources = (number_literals | any_objects.map(_dumps).map(bytes.decode)
+                  | st.lists(number_literals, max_size=20).map(lambda xs: f"[{','.join(xs)}]"))
+
+
+@FUZZ
+@given(growth_sources)
+@example("1e15")
+@example("[9e15,-1e15,1e9]")
+def test_reencoding_grows_json_at_most_five_times(source: str) -> None:
+    """events._MAX_GROWTH: why a short line's payload needs no size check."""
+    try:
+        value = orjson.loads(source)
+    except orjson.JSONDecodeError:
+        return
+    assert len(orjson.dumps(value)) <= _MAX_GROWTH * len(source.encode())
+
+
+def test_a_payload_over_the_limit_is_refused_whatever_its_source() -> None:
+    # An oversized payload needs a source longer than the no-check bound.
+    big = b'{"user_id":"a","type":"b","payload":{"x":"' + b"y" * MAX_PAYLOAD_BYTES + b'"}}'
+    for parse in (parse_line, lambda b: parse_json_body(b, MAX_EVENTS)[0],
+                  lambda b: parse_ndjson_body(b, MAX_EVENTS)[0]):
+        with pytest.raises(EventError) as info:
+            parse(big)
+        assert info.value.field == "payload"
 
 
 def test_too_many_events_is_its_own_code() -> None:

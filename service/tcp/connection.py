@@ -223,7 +223,7 @@ class Connection(asyncio.Protocol):
         if b"\r" in line:
             server.messages_error.value += 1
             return ERR_BARE_CR
-        if line.strip() == b"PING":
+        if b"PING" in line and line.strip() == b"PING":  # no copy for an event line
             server.messages_ok.value += 1
             return PONG
         try:
