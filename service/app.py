@@ -57,6 +57,7 @@ def create_app(
     app[STATE] = state
     app[ACCESS_LOG] = access_log
     app[HTTP_MIDDLEWARE] = middleware
+    app.on_startup.append(middleware.claim)
 
     app.cleanup_ctx.append(_monitoring)
     app.cleanup_ctx.append(_offload)

@@ -1,12 +1,13 @@
 """The one middleware of the public API: request id, metrics, access log, errors.
 
 Everything a request pays for on top of its handler happens here, once:
-the request id is read or made, bound for logging and returned; the metric
-children for (method, route) are looked up in a dictionary that holds them
-from the first request on; the access line is rendered by ``AccessLog``;
-errors become RFC 9457 problem documents. Doing all of it in one middleware
-(rather than four) matters: each middleware layer costs about 2.4 us here,
-about a tenth of a cheap request (see ../shared/PERF-NOTES.md).
+the request id is read or made, bound for logging and returned; errors
+become RFC 9457 problem documents; and a small record of the request is
+kept, which :meth:`ApiMiddleware.settle` later counts into the metric
+children and writes as an access line, many records at a time. Doing all of
+it in one middleware (rather than four) matters: each middleware layer
+costs about 2.4 us here, about a tenth of a cheap request (see
+../shared/PERF-NOTES.md).
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ class ApiMiddleware:
         self._access_log = access_log
         self._stats: dict[tuple[str, AbstractRoute | None, int], _RouteStatus] = {}
         self._records: list[_Record] = []
-        self._owner = threading.get_ident()  # the loop's thread: records are its own
+        # The thread whose loop serves the app (``claim`` at start-up): only it
+        # settles, so a scrape from another thread cannot race the request path.
+        self._owner = threading.get_ident()
         # Request ids: a random per-process prefix and a counter, made ahead in
         # batches (a list's pop per request; the last made comes out first).
         self._id_prefix = os.urandom(6).hex() + "-"
@@ -181,6 +184,10 @@ class ApiMiddleware:
 
     def bind(self, handler: Handler) -> Handler:
         return self._build(handler)
+
+    async def claim(self, app: web.Application) -> None:
+        """``on_startup``: the serving loop's thread owns the records from now on."""
+        self._owner = threading.get_ident()
 
     def _route_status(self, method: str, route: AbstractRoute | None, status: int
                       ) -> _RouteStatus:

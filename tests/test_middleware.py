@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -207,3 +208,20 @@ async def test_private_request_fields_match_the_public_api() -> None:
     assert request._transport_peername[0] == request.remote == "127.0.0.1"
     response = web.Response(status=418)
     assert response._status == response.status == 418
+
+
+def test_an_app_made_on_one_thread_and_served_on_another_counts_every_request() -> None:
+    """The serving loop's thread owns the records (claimed at start-up), not the maker's."""
+    app = _app()  # made here, on the test's thread
+    statuses: list[int] = []
+
+    async def serve() -> None:
+        async with TestClient(TestServer(app)) as client:
+            for _ in range(3):
+                statuses.append((await client.get("/livez")).status)
+
+    worker = threading.Thread(target=asyncio.run, args=(serve(),))
+    worker.start()
+    worker.join(30)
+    assert statuses == [200, 200, 200]
+    assert app[METRICS].http_requests.labels("GET", "/livez", "200").value == 3
