@@ -305,7 +305,7 @@ def _json_literal(value: Any) -> str:
             _json_literals.clear()
             _json_literals[None] = "null"
         # A peer address is (host, port, ...) for TCP, as aiohttp's request.remote reads it.
-        shown = str(value[0]) if isinstance(value, tuple | list) else str(value)
+        shown = str(value[0]) if isinstance(value, tuple) else str(value)
         text = _json_literals[value] = _dumps(shown).decode()
     return text
 
@@ -357,8 +357,14 @@ class AccessLog:
         self, method: str, route: str, path: str, status: int, duration: float,
         request_id: str, remote: str | None, user_agent: str | None,
     ) -> None:
-        if not self.sampled(status, duration):
-            return
+        if self.sampled(status, duration):
+            self.write(method, route, path, status, duration, request_id, remote, user_agent)
+
+    def write(
+        self, method: str, route: str, path: str, status: int, duration: float,
+        request_id: str, remote: str | None, user_agent: str | None,
+    ) -> None:
+        """One line, already sampled."""
         if self._console_log is not None:
             self._console_log.info(
                 "access", request_id=request_id, method=method, route=route, path=path,

@@ -241,9 +241,9 @@ class ApiMiddleware:
             hist.counts[bisect_left(hist.bounds, duration)] += 1
             hist.sum += duration
             if log_all or (log_some and access.sampled(status, duration)):
-                if access.console:
-                    access.log(entry.method, entry.route, path, status, duration, rid,
-                               peer[0] if isinstance(peer, tuple) else peer, agent)
+                if access.console:  # sampled above: write, not log (which samples again)
+                    access.write(entry.method, entry.route, path, status, duration, rid,
+                                 peer[0] if isinstance(peer, tuple) else peer, agent)
                 else:
                     line((end, rid, entry.log_prefix, path, duration, peer, agent))
         if lines:
@@ -278,36 +278,38 @@ class ApiMiddleware:
             # Each request runs in its own task with a copied context, so this
             # binding ends with the request.
             set_request_id(rid)
+            status: int | None = None  # set once answered, or when the client went away
             in_flight.value += 1
             try:
-                response = await handler(request)  # type: ignore[misc]
-            except ProblemError as exc:
-                response = problem_from_error(exc)
-            except web.HTTPException as exc:
-                response = problem_from_http_exception(exc)
-            except asyncio.CancelledError:
-                # The client went away; count it, then let the cancellation go on.
-                message, match_info = request._message, request._match_info
-                record((start, perf_counter(), message.method, message.path,
-                        headers.get(_UA_KEY), match_info._route if match_info is not None else None,
-                        STATUS_CLIENT_CLOSED, rid, request._transport_peername))
-                settle()
-                raise
-            except Exception as exc:
-                response = unexpected_error(request, exc)
+                try:
+                    response = await handler(request)  # type: ignore[misc]
+                except ProblemError as exc:
+                    response = problem_from_error(exc)
+                except web.HTTPException as exc:
+                    response = problem_from_http_exception(exc)
+                except asyncio.CancelledError:
+                    # The client went away; count it, then let the cancellation go on.
+                    status = STATUS_CLIENT_CLOSED
+                    raise
+                except Exception as exc:
+                    response = unexpected_error(request, exc)
+                finally:
+                    in_flight.value -= 1
+                response.headers[_RID_KEY] = rid
+                if state.draining:
+                    # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
+                    response.force_close()
+                status = response._status
+                return response
             finally:
-                in_flight.value -= 1
-            response.headers[_RID_KEY] = rid
-            if state.draining:
-                # Tell keep-alive clients to reconnect elsewhere (SPEC shutdown step 2).
-                response.force_close()
-            message, match_info = request._message, request._match_info
-            record((start, perf_counter(), message.method, message.path, headers.get(_UA_KEY),
-                    match_info._route if match_info is not None else None, response._status, rid,
-                    request._transport_peername))
-            if len(records) > log_sink.max_pending:
-                settle()
-            return response
+                if status is not None:
+                    message, match_info = request._message, request._match_info
+                    record((start, perf_counter(), message.method, message.path,
+                            headers.get(_UA_KEY),
+                            match_info._route if match_info is not None else None, status, rid,
+                            request._transport_peername))
+                    if len(records) > log_sink.max_pending:
+                        settle()
 
         return middleware
 

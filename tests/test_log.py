@@ -260,3 +260,20 @@ async def test_access_log_sampling_keeps_errors(log_output: io.BytesIO) -> None:
     assert len(errors) == 20  # errors are always logged
     # Binomial(400, 0.25): mean 100, sd ~8.7; 50..150 is beyond 5 sd either way.
     assert 50 <= len(ok) <= 150, len(ok)
+
+
+@pytest.mark.asyncio
+async def test_console_access_log_samples_once() -> None:
+    """Console lines go through the same batch as JSON ones and are sampled once, not twice."""
+    buf = io.BytesIO()
+    log.configure(LogSettings(format="console", flush_interval=0), stream=buf)
+    n = 400
+    async with TestClient(TestServer(create_app(make_settings(
+            log={"format": "console", "access_log_sample": 0.25})))) as client:
+        for _ in range(n):
+            assert (await client.get("/livez")).status == 200
+    log.sink().flush()
+    ok = [line for line in buf.getvalue().decode().splitlines()
+          if "access" in line and "/livez" in line]
+    # Binomial(400, 0.25): mean 100, sd ~8.7 (sampled twice: mean 25); 50..150 is 5 sd.
+    assert 50 <= len(ok) <= 150, len(ok)
