@@ -100,6 +100,12 @@ class RawServer(asyncio.Protocol):
             self.transport.close()
         elif self.behaviour == "pong":
             self.transport.write(b"PONG\n" * data.count(b"\n"))
+        elif self.behaviour == "pong-split":
+            # Each answer in two reads: the client must not take the half for an answer.
+            transport = self.transport
+            transport.write(b"PO" * data.count(b"\n"))
+            asyncio.get_running_loop().call_later(
+                0.001, lambda: transport.is_closing() or transport.write(b"NG\n"))
         elif self.behaviour == "events":
             out = []
             for line in data.splitlines():

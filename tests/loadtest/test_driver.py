@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
+from service.loadtest.driver import Driver, PingConnection
+from service.loadtest.protocols import LineConnection
+from service.loadtest.scenarios import build
 from tests.helpers import free_port
 from tests.loadtest.servers import CountingApp, drive, plan_for, serve_app, serve_raw
 
@@ -186,6 +190,26 @@ async def test_tcp_ping_counts_match_the_server() -> None:
     assert report.requests == stats["lines"]
     assert report.statuses == {"PONG": report.requests}
     assert report.errors == 0
+
+
+@pytest.mark.asyncio
+async def test_tcp_ping_answers_split_across_reads_are_counted_once() -> None:
+    stats: dict[str, int] = {}
+    async with serve_raw("pong-split", stats) as port:
+        report = await drive(plan_for(port, kind="tcp", path="", scenario="tcp-ping",
+                                      concurrency=2, duration=0.3))
+    assert report.requests > 20
+    assert report.requests == stats["lines"]
+    assert report.statuses == {"PONG": report.requests}
+    assert report.errors == 0
+
+
+def test_only_an_unbounded_tcp_ping_loop_takes_the_inlined_pong_path() -> None:
+    ping = plan_for(1, kind="tcp", path="", scenario="tcp-ping")
+    assert Driver(ping, build(ping)).protocol is PingConnection
+    for other in (replace(ping, requests=10), replace(ping, rate=100.0),
+                  replace(ping, scenario="tcp-events")):
+        assert Driver(other, build(other)).protocol is LineConnection
 
 
 @pytest.mark.asyncio
