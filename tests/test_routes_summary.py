@@ -293,7 +293,10 @@ def test_aborted_clients_stop_downstream_calls_without_task_warnings(
         drained_after = time.monotonic() - aborted_at
         stats = orders_stats()
         assert stats["requests"] > 0, stats
-        assert stats["in_flight"] == 0
+        # The counts say which way it went wrong (CI saw in_flight 1 after 5 s once,
+        # on 3.12.1; a call left running would have hit its 2 s deadline by then).
+        counts = {k: v for k, v in stats.items() if k != "request_ids"}
+        assert stats["in_flight"] == 0, (counts, f"waited {drained_after:.2f} s")
         assert drained_after < drain_bound
         outcomes = {k: v for k, v in scrape(service.url("/metrics", "admin")).items()
                     if "downstream_requests_total" in k and 'service="orders"' in k and v}
