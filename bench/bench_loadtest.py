@@ -26,8 +26,8 @@ TCP: the service's TCP core (``service serve``), then a bare uvloop
 --scenario tcp-ping -c 32`` take turns on core 1: C, ours, C, ours, ..., C,
 24 short runs of ours (bare server: 8), each compared with the geometric mean
 of the C runs just before and after it; the row is the median of those
-ratios. Single ratios range from 0.7 to 1.4 here (the kernel's loopback path is most
-of either side's CPU, and it drifts), so five rounds could not tell 0.85
+ratios. Single ratios range from about 0.6 to 1.3 here (the kernel's loopback path
+is most of either side's CPU, and it drifts), so five rounds could not tell 0.85
 from 1.0. The server's core is the busy one in both cases (measured: about
 13 us of server CPU per round trip for the TCP core, 10 for bare PONG, one
 core's worth); the client core has some slack with the C client and none
@@ -61,7 +61,7 @@ from bench.common import pin as _pin
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
-TCP_PAIRS = 24  # against the TCP core (the check); the bare server gets a third
+TCP_RUNS = 24  # of ours against the TCP core (the check); the bare server gets a third
 HTTP_CONNECTIONS = 64
 TCP_CONNECTIONS = 32
 UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
@@ -331,19 +331,19 @@ def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
     return {"rps": int(out[0]) / float(out[1])}
 
 
-def tcp_rows(seconds: int, pairs: int = TCP_PAIRS) -> list[dict[str, Any]]:
+def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
     exe = _c_client()
     rows = []
     # The check is the TCP core; the bare server shows the client's own ceiling.
-    for label, source, target, n in (("the service's TCP core", None, ">= 0.90", pairs),
-                                     ("bare uvloop PONG", BARE_PONG, None, max(1, pairs // 3))):
+    for label, source, target, n in (("the service's TCP core", None, ">= 0.90", runs),
+                                     ("bare uvloop PONG", BARE_PONG, None, max(1, runs // 3))):
         with _server(source) as port:
             ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
                                   "-c", str(TCP_CONNECTIONS)], seconds)
             if exe is None:
-                runs = [ours() for _ in range(n)]
+                alone = [ours() for _ in range(n)]
                 rows.append({"name": f"loadtest tcp-ping ({label}, c32)",
-                             "value": _median(runs, "rps"), "unit": "rt/s", "baseline": None,
+                             "value": _median(alone, "rps"), "unit": "rt/s", "baseline": None,
                              "baseline_value": None, "ratio": None, "target": None,
                              "note": "no C compiler: no reference client"})
                 continue
@@ -358,7 +358,7 @@ def tcp_rows(seconds: int, pairs: int = TCP_PAIRS) -> list[dict[str, Any]]:
 
 def run(duration: float) -> list[dict[str, Any]]:
     seconds = max(2, round(duration / 3))
-    # TCP: many short pairs (the Python client boots in ~0.5 s, the C one at once).
+    # TCP: many short runs (the Python client boots in ~0.5 s, the C one at once).
     return http_rows(seconds) + tcp_rows(max(2, round(duration / 5)))
 
 

@@ -61,7 +61,6 @@ class Driver:
         self.protocol: type[Connection] = (
             HttpConnection if plan.kind == "http" else LineConnection)
         self.m = Measured()
-        self.latencies_us = self.m.latencies_us  # one attribute less on the hot paths
         self.conns: set[Connection] = set()
         self.idle: list[Connection] = []
         self.started = False
@@ -386,7 +385,7 @@ class PingConnection(LineConnection):
         t0 = self.t0
         if t0 >= driver.t_measure:
             us = int((now - t0) * 1_000_000)
-            lat = driver.latencies_us
+            lat = driver.m.latencies_us
             lat[us] = lat.get(us, 0) + 1
             driver.pongs += 1
             driver.finished += 1
