@@ -92,6 +92,11 @@ class Driver:
         self._connected: asyncio.Future[None] | None = None
         self._attempted = 0
 
+    @property
+    def completed(self) -> int:
+        """Measured requests finished so far, for progress: PingConnection counts its own."""
+        return self.finished + self.pongs
+
     # -- the hot path: called from the connections' data_received -----------------
 
     def _closed_loop_response(self, conn: Connection, status: int | str) -> None:
@@ -374,6 +379,11 @@ class PingConnection(LineConnection):
 
     owner: Driver
 
+    def __init__(self, owner: Driver, closed: asyncio.Future[None]) -> None:
+        super().__init__(owner, closed)
+        self.ping = owner.next_request()  # tcp-ping's pool is the one request
+        self.latencies_us = owner.m.latencies_us
+
     def data_received(self, data: bytes) -> None:
         driver = self.owner
         if data != b"PONG\n" or self.buffer or not (self.busy and self.reusable
@@ -384,15 +394,14 @@ class PingConnection(LineConnection):
         self.answered += 1
         t0 = self.t0
         if t0 >= driver.t_measure:
+            lat = self.latencies_us
             us = int((now - t0) * 1_000_000)
-            lat = driver.m.latencies_us
             lat[us] = lat.get(us, 0) + 1
+            # Not last_done: the run's end is t_stop or later, and the answers
+            # after t_stop take the general path, which sets it.
             driver.pongs += 1
-            driver.finished += 1
-            driver.last_done = now
         self.t0 = self.sent_at = now
-        assert self.transport is not None  # set until connection_lost
-        self.transport.write(driver.next_request())
+        self.transport.write(self.ping)  # type: ignore[union-attr]  # set until connection_lost
 
 
 def connect_error_kind(exc: OSError) -> str:

@@ -79,7 +79,7 @@ def run_local(plan: Plan, loop: str = "uvloop",
     """The whole plan in this process (one worker)."""
     def on_tick(driver: Driver) -> None:
         if progress is not None:
-            progress.update(driver.finished, _errors(driver))
+            progress.update(driver.completed, _errors(driver))
 
     driver = Driver(plan, scenarios.build(plan), on_tick)
     measured = run_loop(driver.run(), loop)
@@ -96,7 +96,7 @@ def _child(plan: Plan, pipe: Pipe, counters: Any, index: int, loop: str) -> None
         await asyncio.to_thread(pipe.recv)
 
     def on_tick(driver: Driver) -> None:
-        counters[2 * index] = driver.finished
+        counters[2 * index] = driver.completed
         counters[2 * index + 1] = _errors(driver)
 
     driver = Driver(plan, scenarios.build(plan), on_tick)

@@ -193,6 +193,19 @@ async def test_tcp_ping_counts_match_the_server(behaviour: str) -> None:
     assert report.errors == 0
 
 
+@pytest.mark.asyncio
+async def test_progress_counts_the_answers_the_inlined_pong_path_took() -> None:
+    plan = plan_for(0, kind="tcp", path="", scenario="tcp-ping", concurrency=4, duration=0.6)
+    seen: list[int] = []
+    async with serve_raw("pong") as port:
+        driver = Driver(replace(plan, port=port), build(plan), lambda d: seen.append(d.completed))
+        measured = await driver.run()
+    total = measured.statuses["PONG"]
+    # Progress ticks every 0.1 s: the last one, well past half the run, saw most answers.
+    assert seen
+    assert total // 2 < max(seen) <= total
+
+
 def test_only_an_unbounded_tcp_ping_loop_takes_the_inlined_pong_path() -> None:
     ping = plan_for(1, kind="tcp", path="", scenario="tcp-ping")
     assert Driver(ping, build(ping)).protocol is PingConnection
