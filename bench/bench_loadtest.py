@@ -20,21 +20,26 @@ driven by both clients *at once* (``-c 8`` each, unpinned), so they see the same
 server and the same machine weather; two wrks side by side agree within 2-3%
 there. Those rows are the median per-round ratio of three such rounds.
 
-TCP: the service's TCP core (``service serve``), then a bare uvloop
-``Protocol`` PONG server, on core 0; ``bench/loadtest_ref/pingclient.c``
-(epoll, compiled here when a C compiler exists) and ``service loadtest tcp
---scenario tcp-ping -c 32`` take turns on core 1: C, ours, C, ours, ..., C,
-24 short runs of ours (bare server: 8), each compared with the geometric mean
-of the C runs just before and after it; the row is the median of those
-ratios. Single ratios range from about 0.6 to 1.3 here (the kernel's loopback path
-is most of either side's CPU, and it drifts), so five rounds could not tell 0.85
-from 1.0. The server's core is the busy one in both cases (measured: about
-13 us of server CPU per round trip for the TCP core, 10 for bare PONG, one
-core's worth); the client core has some slack with the C client and none
-with ours (about 2 us of user CPU per round trip against C's 0.3, on top of
-the same ~8 us in the kernel), so the faster the server, the more the
-client's own cost shows. The TCP core row is the issue's check; the bare row
-is that diagnostic.
+TCP: ``bench/loadtest_ref/pingclient.c`` (epoll, compiled here when a C
+compiler exists) is the reference for ``service loadtest tcp --scenario
+tcp-ping -c 32``, against the service's TCP core (``service serve``) on core
+0. This machine's speed jumps by up to 2x between runs seconds apart (the
+same client: 59,000 then 108,000 round trips/s), so separate runs cannot
+tell 0.85 from 1.0: their single ratios range from about 0.6 to 1.4. The
+check is therefore *interleaved*: both clients run on core 1 at once, one
+SIGSTOPped while the other runs, in turns of SLICE seconds (C, ours, C, ...,
+C), and each turn's round trips are read off ``/proc/PID/io`` (5 bytes per
+PONG), the same meter for both. The row is the median over ours' turns of
+its rate over the geometric mean of the C turns either side; ours' own
+report must show no errors and at least the answers its turns read. A C
+vs C row run the same way is the method's noise floor (it should be 1.0).
+Then the way a user runs it, separate runs (C, ours, C, ..., C, each of ours
+against the geometric mean of its neighbours), against the TCP core and a
+bare uvloop ``Protocol`` PONG server: diagnostics without a target. Both
+cores are nearly saturated with either client (the kernel's loopback path
+is most of each side's CPU: about 0.3 of each core goes to softirq), and
+ours spends about 2 us of user CPU per round trip against C's 0.3, so the
+faster the server, the more the client's own cost shows.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only loadtest"``.
 """
@@ -45,6 +50,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -61,7 +67,9 @@ from bench.common import pin as _pin
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
-TCP_RUNS = 24  # of ours against the TCP core (the issue's check); the bare server gets a third
+TCP_RUNS = 12  # separate runs of ours against the TCP core (a diagnostic); bare PONG: 8
+SLICE = 0.25  # seconds a client runs, in an interleaved comparison, while the other is stopped
+INTERLEAVED_SECONDS = 24  # of alternation per interleaved comparison (about 48 slices each)
 HTTP_CONNECTIONS = 64
 TCP_CONNECTIONS = 32
 UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
@@ -256,7 +264,8 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
 
 
 def _row(name: str, ours: list[dict[str, float]], key: str, unit: str, baseline: str,
-         base: list[dict[str, float]], target: str, note: str) -> dict[str, Any]:
+         base: list[dict[str, float]], target: str | None, note: str,
+         each: str = "round") -> dict[str, Any]:
     """Medians of both sides; the ratio is the median of the per-round ratios.
 
     Each round's two runs are seconds apart, so their ratio cancels the slow
@@ -265,10 +274,10 @@ def _row(name: str, ours: list[dict[str, float]], key: str, unit: str, baseline:
     ratios = [o[key] / b[key] for o, b in zip(ours, base, strict=True) if b[key]]
     if len(ratios) > 8:
         q = sorted(ratios)
-        spread = (f"per-round ratios from {q[0]:.2f} to {q[-1]:.2f}, quartiles "
+        spread = (f"per-{each} ratios from {q[0]:.2f} to {q[-1]:.2f}, quartiles "
                   f"{q[len(q) // 4]:.2f}-{q[3 * len(q) // 4]:.2f}")
     else:
-        spread = "per-round ratios " + " ".join(f"{r:.2f}" for r in ratios)
+        spread = f"per-{each} ratios " + " ".join(f"{r:.2f}" for r in ratios)
     return {"name": name, "value": _median(ours, key), "unit": unit, "baseline": baseline,
             "baseline_value": _median(base, key),
             "ratio": statistics.median(ratios) if ratios else None, "target": target,
@@ -331,12 +340,128 @@ def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
     return {"rps": int(out[0]) / float(out[1])}
 
 
+def _proc(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/{name}") as f:
+        return f.read()
+
+
+def _bytes_read(pid: int) -> int:
+    """All bytes ``pid`` got from read-like syscalls (``rchar`` of Linux's ``/proc/PID/io``)."""
+    return int(re.search(r"^rchar: (\d+)", _proc(pid, "io"), re.M)[1])  # type: ignore[index]
+
+
+def _bytes_written(pid: int) -> int:
+    return int(re.search(r"^wchar: (\d+)", _proc(pid, "io"), re.M)[1])  # type: ignore[index]
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGSTOP ``proc`` and wait until the kernel has stopped it."""
+    proc.send_signal(signal.SIGSTOP)
+    while _proc(proc.pid, "stat").rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        time.sleep(0.0005)
+
+
+def _interleaved(port: int, exe: Path, clients: tuple[str, str],
+                 seconds: float) -> tuple[list[float], list[float], list[tuple[int, int]]]:
+    """Two tcp-ping clients ("ours" or "C") on core 1 at once, taking turns of SLICE seconds.
+
+    Both are started (and left to reach their steady state), then only one
+    runs at a time while the other is SIGSTOPped: second, first, second, ...,
+    second. A slice's rate is the PONGs the running client read (5 bytes
+    each, from ``/proc/PID/io``, the same meter for both) over its length.
+    Returns the first client's slice rates, the second's, and for ours its
+    own request count (from its report: 0 errors, and no fewer answers than
+    its slices read, are checked) with the PONGs its slices read.
+    """
+    total = seconds + 6  # each client's own run; the alternation ends a second before
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for kind in clients:
+            cmd = (_ours_cmd(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",
+                              "-c", str(TCP_CONNECTIONS)], int(total)) if kind == "ours" else
+                   [*_pin(1), str(exe), "127.0.0.1", str(port), str(TCP_CONNECTIONS), str(total)])
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            if not procs:
+                end = time.monotonic() + total - 1
+            procs.append(proc)
+            deadline = time.monotonic() + 30
+            while _bytes_written(proc.pid) < 5 * 10_000:  # 10,000 PINGs: booted, connected
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} tcp-ping client did not start")
+                time.sleep(0.05)
+            _stop(proc)
+        rates: tuple[list[float], list[float]] = ([], [])
+        pongs = [0, 0]
+
+        def turn(i: int) -> None:
+            proc = procs[i]
+            got, t0 = _bytes_read(proc.pid), time.monotonic()
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(SLICE)
+            _stop(proc)
+            n = (_bytes_read(proc.pid) - got) // len(b"PONG\n")
+            rates[i].append(n / (time.monotonic() - t0))
+            pongs[i] += n
+
+        turn(1)
+        while time.monotonic() + 3 * SLICE < end:
+            turn(0)
+            turn(1)
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+        outs = [proc.communicate(timeout=total + 60)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    own = []
+    for kind, proc, out, seen in zip(clients, procs, outs, pongs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} tcp-ping client exited {proc.returncode}")
+        if kind == "ours":
+            report = json.loads(out)
+            if report["errors"]:
+                raise RuntimeError(f"service loadtest reported errors: {report['error_kinds']}")
+            # Its window holds every slice: it cannot have counted fewer than the meter saw.
+            if report["requests"] < seen:
+                raise RuntimeError(f"service loadtest counted {report['requests']} answers, "
+                                   f"its slices alone read {seen}")
+            own.append((report["requests"], seen))
+    return rates[0], rates[1], own
+
+
+def _interleaved_row(port: int, exe: Path, clients: tuple[str, str], name: str,
+                     target: str | None) -> dict[str, Any]:
+    first, second, own = _interleaved(port, exe, clients, INTERLEAVED_SECONDS)
+    ours_note = (f"; ours' own report: {own[0][0]:,} requests, 0 errors (its slices read "
+                 f"{own[0][1]:,} PONGs; the rest came before and after the turns)" if own else "")
+    return _row(name, [{"rps": r} for r in first], "rps", "rt/s",
+                "C client" if clients[1] == "C" else clients[1],
+                _geomean([{"rps": r} for r in second[:-1]], [{"rps": r} for r in second[1:]]),
+                target,
+                f"{len(first)} slices of {SLICE}s each, both clients running on core 1 and "
+                f"one SIGSTOPped while the other runs; round trips counted from "
+                f"/proc/PID/io (5 bytes per PONG) for both; ratio: the median over each slice of "
+                f"the first over the geometric mean of the other's slices either side"
+                f"{ours_note}", "slice")
+
+
 def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
     exe = _c_client()
     rows = []
-    # The issue's check is the TCP core; the bare server shows the client's own ceiling.
-    for label, source, target, n in (("the service's TCP core", None, ">= 0.90", runs),
-                                     ("bare uvloop PONG", BARE_PONG, None, max(1, runs // 3))):
+    with _server(None) as port:
+        if exe is not None:
+            # The issue's check: interleaved slices, which cancel the machine's drift.
+            rows.append(_interleaved_row(
+                port, exe, ("ours", "C"), "loadtest tcp-ping vs C epoll client, interleaved "
+                "(the service's TCP core, c32)", ">= 0.90"))
+            rows.append(_interleaved_row(
+                port, exe, ("C", "C"), "C client vs C client, interleaved (the method's "
+                "noise floor, TCP core)", None))
+    # Separate runs as a user makes them: the drift between runs shows in each ratio.
+    for label, source, n in (("the service's TCP core", None, runs),
+                             ("bare uvloop PONG", BARE_PONG, max(1, 2 * runs // 3))):
         with _server(source) as port:
             ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
                                   "-c", str(TCP_CONNECTIONS)], seconds)
@@ -349,8 +474,8 @@ def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
                 continue
             ours_runs, before, after = _chain(ours, lambda: _c_ping(exe, port, seconds), n)
             c_runs = _geomean(before, after)
-        rows.append(_row(f"loadtest tcp-ping vs C epoll client ({label}, c32)", ours_runs,
-                         "rps", "rt/s", "C client", c_runs, target,
+        rows.append(_row(f"loadtest tcp-ping vs C epoll client, separate runs ({label}, c32)",
+                         ours_runs, "rps", "rt/s", "C client", c_runs, None,
                          f"{n} runs of {seconds}s, each between two C runs (baseline: their "
                          f"geometric mean); ratio: the median of the {n} runs' ratios"))
     return rows
