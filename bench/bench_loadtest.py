@@ -1,12 +1,18 @@
 """The load-test client against wrk (HTTP) and a C client (TCP), same targets, same run.
 
 HTTP: a bare aiohttp app (one JSON route, uvloop, no access log) pinned to
-core 0; wrk (``-t1 -c64``) and ``service loadtest http -c 64`` (one worker)
-take turns on core 1, several rounds of wrk, ours, wrk: each round's ratio
-is ours over the geometric mean of the wrk runs just before and after it,
-which cancels the drift of a shared machine. Rows: the median per-round ratio
-of req/s (target 0.9, ISSUE 7: a plain ``ClientSession`` loop reached ~0.7)
-and of p50/p90/p99 (target within 10%). wrk's ``--latency`` percentiles are
+core 0, driven by wrk (``-t1 -c64``) and ``service loadtest http -c 64``
+(one worker) on core 1. The req/s check (target 0.9, ISSUE 7: a plain
+``ClientSession`` loop reached ~0.7) is *interleaved*, as for TCP below:
+both clients run at once, taking turns of SLICE seconds while the other is
+SIGSTOPped, and each turn's answers are read off ``/proc/PID/io`` (all of the
+bare app's answers have the same length); a wrk vs wrk row made the same way
+is the method's noise floor. Latencies cannot come from such runs (a request
+in flight at a stop waits out the other's turn), so separate runs follow:
+several rounds of wrk, ours, wrk, each round's ratio ours over the geometric
+mean of the wrk runs just before and after it. Rows: the median per-round
+ratio of req/s (a diagnostic: rounds range from about 0.6 to 1.1 on this
+machine) and of p50/p90/p99 (target within 10%). wrk's ``--latency`` percentiles are
 coordinated-omission corrected (``stats_correct`` in wrk's ``src/stats.c``:
 each latency of twice the mean round trip or more adds synthetic samples
 below it), so ours are compared *corrected the same way*
@@ -57,8 +63,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -290,14 +298,23 @@ def http_rows(seconds: int) -> list[dict[str, Any]]:
     with _server(BARE_HTTP) as port:
         url = f"http://127.0.0.1:{port}/v1/info"
         _wrk(url, 1)  # warm the server up
+        # The issue's check: interleaved turns, which cancel the machine's drift.
+        interleaved = _interleaved_row(
+            _ours_turns(["http", url, "-c", str(HTTP_CONNECTIONS)]), _wrk_turns(url),
+            _response_bytes(url), "loadtest http vs wrk, interleaved (bare aiohttp, c64)",
+            "req/s", ">= 0.90")
+        floor = _interleaved_row(
+            _wrk_turns(url), _wrk_turns(url), _response_bytes(url),
+            "wrk vs wrk, interleaved (the method's noise floor, bare aiohttp)", "req/s", None)
         ours_runs, before, after = _sandwich(
             lambda: _ours(["http", url, "-c", str(HTTP_CONNECTIONS)], seconds),
             lambda: _wrk(url, seconds))
     wrk_runs = _geomean(before, after)
     note = (f"{ROUNDS} rounds of wrk, ours, wrk ({seconds}s runs; baseline: geometric mean of "
             f"the two wrk runs), server core 0, clients core 1")
-    rows = [_row("loadtest http vs wrk (bare aiohttp, c64)", ours_runs, "rps", "req/s", "wrk",
-                 wrk_runs, ">= 0.90", note)]
+    rows = [interleaved, floor,
+            _row("loadtest http vs wrk, separate runs (bare aiohttp, c64)", ours_runs, "rps",
+                 "req/s", "wrk", wrk_runs, None, note)]
     for p in ("p50", "p90", "p99"):
         raw = f"raw (uncorrected) median {_median(ours_runs, f'raw_{p}'):,.0f} us"
         rows.append(_row(f"loadtest http {p} latency vs wrk (both CO-corrected as wrk does)",
@@ -361,37 +378,92 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         time.sleep(0.0005)
 
 
-def _interleaved(port: int, exe: Path, clients: tuple[str, str],
-                 seconds: float) -> tuple[list[float], list[float], list[tuple[int, int]]]:
-    """Two tcp-ping clients ("ours" or "C") on core 1 at once, taking turns of SLICE seconds.
+@dataclass
+class _Turns:
+    """A client for :func:`_interleaved`: its command, given its run's length in seconds,
+    and a check of its own report (stdout) against the answers its turns read,
+    which returns its own count (None: it reports none)."""
+
+    name: str
+    cmd: Callable[[int], list[str]]
+    check: Callable[[str, int], int | None]
+
+
+def _check_ours(out: str, seen: int) -> int:
+    report = json.loads(out)
+    if report["errors"]:
+        raise RuntimeError(f"service loadtest reported errors: {report['error_kinds']}")
+    # Its window holds every turn: it cannot have counted fewer than the meter saw.
+    if report["requests"] < seen:
+        raise RuntimeError(f"service loadtest counted {report['requests']} answers, "
+                           f"its turns alone read {seen}")
+    return int(report["requests"])
+
+
+def _check_wrk(out: str, seen: int) -> int:
+    done = re.search(r"^\s*(\d+) requests in", out, re.M)
+    if done is None or int(done[1]) < seen or "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk's run does not add up ({seen} answers read in turns):\n{out}")
+    return int(done[1])
+
+
+def _ours_turns(args: list[str]) -> _Turns:
+    return _Turns("ours", lambda seconds: _ours_cmd(args, seconds), _check_ours)
+
+
+def _c_turns(exe: Path, port: int) -> _Turns:
+    return _Turns("C client", lambda seconds: [*_pin(1), str(exe), "127.0.0.1", str(port),
+                                               str(TCP_CONNECTIONS), str(seconds)],
+                  lambda out, seen: None)
+
+
+def _wrk_turns(url: str) -> _Turns:
+    return _Turns("wrk", lambda seconds: [*_pin(1), "wrk", "-t1", f"-c{HTTP_CONNECTIONS}",
+                                          f"-d{seconds}s", url], _check_wrk)
+
+
+def _response_bytes(url: str) -> int:
+    """The length of one whole answer of ``url`` (a bare app's answers are all alike)."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head = data.split(b"\r\n\r\n", 1)[0]
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head)[1])  # type: ignore[index]
+        return len(head) + 4 + length
+
+
+def _interleaved(first: _Turns, second: _Turns, answer_bytes: int,
+                 seconds: float) -> tuple[list[float], list[float], list[int | None]]:
+    """Two clients on core 1 at once, taking turns of SLICE seconds; one meter for both.
 
     Both are started (and left to reach their steady state), then only one
     runs at a time while the other is SIGSTOPped: second, first, second, ...,
-    second. A slice's rate is the PONGs the running client read (5 bytes
-    each, from ``/proc/PID/io``, the same meter for both) over its length.
-    Returns the first client's slice rates, the second's, and for ours its
-    own request count (from its report: 0 errors, and no fewer answers than
-    its slices read, are checked) with the PONGs its slices read.
+    second. A turn's rate is the answers the running client read (bytes read,
+    from ``/proc/PID/io``, over ``answer_bytes``) over its length. Returns the
+    first client's turn rates, the second's, and their own counts (each
+    report is checked against what its turns read). Latencies of such runs
+    are meaningless (a request in flight at a stop waits out the other's
+    turn), so only rates are taken.
     """
-    total = seconds + 6  # each client's own run; the alternation ends a second before
+    total = int(seconds) + 6  # each client's own run; the alternation ends a second before
     procs: list[subprocess.Popen[str]] = []
     try:
-        for kind in clients:
-            cmd = (_ours_cmd(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",
-                              "-c", str(TCP_CONNECTIONS)], int(total)) if kind == "ours" else
-                   [*_pin(1), str(exe), "127.0.0.1", str(port), str(TCP_CONNECTIONS), str(total)])
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for client in (first, second):
+            proc = subprocess.Popen(client.cmd(total), stdout=subprocess.PIPE, text=True, cwd=ROOT)
             if not procs:
                 end = time.monotonic() + total - 1
             procs.append(proc)
             deadline = time.monotonic() + 30
-            while _bytes_written(proc.pid) < 5 * 10_000:  # 10,000 PINGs: booted, connected
+            while _bytes_written(proc.pid) < 50_000:  # booted, connected and sending
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{kind} tcp-ping client did not start")
+                    raise RuntimeError(f"{client.name} did not start")
                 time.sleep(0.05)
             _stop(proc)
         rates: tuple[list[float], list[float]] = ([], [])
-        pongs = [0, 0]
+        answers = [0, 0]
 
         def turn(i: int) -> None:
             proc = procs[i]
@@ -399,9 +471,9 @@ def _interleaved(port: int, exe: Path, clients: tuple[str, str],
             proc.send_signal(signal.SIGCONT)
             time.sleep(SLICE)
             _stop(proc)
-            n = (_bytes_read(proc.pid) - got) // len(b"PONG\n")
+            n = (_bytes_read(proc.pid) - got) // answer_bytes
             rates[i].append(n / (time.monotonic() - t0))
-            pongs[i] += n
+            answers[i] += n
 
         turn(1)
         while time.monotonic() + 3 * SLICE < end:
@@ -416,35 +488,27 @@ def _interleaved(port: int, exe: Path, clients: tuple[str, str],
                 proc.kill()
                 proc.wait()
     own = []
-    for kind, proc, out, seen in zip(clients, procs, outs, pongs, strict=True):
+    for client, proc, out, seen in zip((first, second), procs, outs, answers, strict=True):
         if proc.returncode != 0:
-            raise RuntimeError(f"{kind} tcp-ping client exited {proc.returncode}")
-        if kind == "ours":
-            report = json.loads(out)
-            if report["errors"]:
-                raise RuntimeError(f"service loadtest reported errors: {report['error_kinds']}")
-            # Its window holds every slice: it cannot have counted fewer than the meter saw.
-            if report["requests"] < seen:
-                raise RuntimeError(f"service loadtest counted {report['requests']} answers, "
-                                   f"its slices alone read {seen}")
-            own.append((report["requests"], seen))
+            raise RuntimeError(f"{client.name} exited {proc.returncode}")
+        own.append(client.check(out, seen))
     return rates[0], rates[1], own
 
 
-def _interleaved_row(port: int, exe: Path, clients: tuple[str, str], name: str,
+def _interleaved_row(first: _Turns, second: _Turns, answer_bytes: int, name: str, unit: str,
                      target: str | None) -> dict[str, Any]:
-    first, second, own = _interleaved(port, exe, clients, INTERLEAVED_SECONDS)
-    ours_note = (f"; ours' own report: {own[0][0]:,} requests, 0 errors (its slices read "
-                 f"{own[0][1]:,} PONGs; the rest came before and after the turns)" if own else "")
-    return _row(name, [{"rps": r} for r in first], "rps", "rt/s",
-                "C client" if clients[1] == "C" else clients[1],
-                _geomean([{"rps": r} for r in second[:-1]], [{"rps": r} for r in second[1:]]),
+    ours, theirs, own = _interleaved(first, second, answer_bytes, INTERLEAVED_SECONDS)
+    counts = "; ".join(f"{c.name} reported {n:,} answers and no errors"
+                       for c, n in zip((first, second), own, strict=True) if n is not None)
+    return _row(name, [{"rps": r} for r in ours], "rps", unit, second.name,
+                _geomean([{"rps": r} for r in theirs[:-1]], [{"rps": r} for r in theirs[1:]]),
                 target,
-                f"{len(first)} slices of {SLICE}s each, both clients running on core 1 and "
-                f"one SIGSTOPped while the other runs; round trips counted from "
-                f"/proc/PID/io (5 bytes per PONG) for both; ratio: the median over each slice of "
-                f"the first over the geometric mean of the other's slices either side"
-                f"{ours_note}", "slice")
+                f"{len(ours)} turns of {SLICE}s each, both clients running on core 1 and one "
+                f"SIGSTOPped while the other runs; answers counted for both from /proc/PID/io "
+                f"({answer_bytes} bytes each); ratio: the median over the turns of "
+                f"{first.name} of its rate over the geometric mean of the {second.name} turns "
+                f"either side" + (f"; {counts} (more than their turns read: they also ran "
+                                  f"before and after the turns)" if counts else ""), "turn")
 
 
 def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
@@ -452,13 +516,16 @@ def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
     rows = []
     with _server(None) as port:
         if exe is not None:
-            # The issue's check: interleaved slices, which cancel the machine's drift.
+            # The issue's check: interleaved turns, which cancel the machine's drift.
+            ping = _ours_turns(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",
+                                "-c", str(TCP_CONNECTIONS)])
+            c = _c_turns(exe, port)
             rows.append(_interleaved_row(
-                port, exe, ("ours", "C"), "loadtest tcp-ping vs C epoll client, interleaved "
-                "(the service's TCP core, c32)", ">= 0.90"))
+                ping, c, len(b"PONG\n"), "loadtest tcp-ping vs C epoll client, interleaved "
+                "(the service's TCP core, c32)", "rt/s", ">= 0.90"))
             rows.append(_interleaved_row(
-                port, exe, ("C", "C"), "C client vs C client, interleaved (the method's "
-                "noise floor, TCP core)", None))
+                c, c, len(b"PONG\n"), "C client vs C client, interleaved (the method's "
+                "noise floor, TCP core)", "rt/s", None))
     # Separate runs as a user makes them: the drift between runs shows in each ratio.
     for label, source, n in (("the service's TCP core", None, runs),
                              ("bare uvloop PONG", BARE_PONG, max(1, 2 * runs // 3))):
