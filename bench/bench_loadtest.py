@@ -44,7 +44,7 @@ against the geometric mean of its neighbours), against the TCP core and a
 bare uvloop ``Protocol`` PONG server: diagnostics without a target. Both
 cores are nearly saturated with either client (the kernel's loopback path
 is most of each side's CPU: about 0.3 of each core goes to softirq), and
-ours spends about 2 us of user CPU per round trip against C's 0.3, so the
+ours spends about 2.5 us of user CPU per round trip against C's 0.4, so the
 faster the server, the more the client's own cost shows.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only loadtest"``.
@@ -72,6 +72,7 @@ from typing import Any
 
 from bench.common import free_port as _free_port
 from bench.common import pin as _pin
+from bench.common import stat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
@@ -171,12 +172,16 @@ def _server(source: str | None, env: dict[str, str] | None = None) -> Iterator[i
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _wrk_cmd(url: str, seconds: int, connections: int = HTTP_CONNECTIONS,
+             pin: bool = True) -> list[str]:
+    return [*(_pin(1) if pin else []), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+            "--latency", url]
+
+
 def _wrk(url: str, seconds: int, connections: int = HTTP_CONNECTIONS,
          pin: bool = True) -> dict[str, float]:
-    cmd = [*(_pin(1) if pin else []), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-           "--latency", url]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
+    out = subprocess.run(_wrk_cmd(url, seconds, connections, pin), check=True,
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
     return _parse_wrk(out)
 
 
@@ -299,12 +304,13 @@ def http_rows(seconds: int) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{port}/v1/info"
         _wrk(url, 1)  # warm the server up
         # The issue's check: interleaved turns, which cancel the machine's drift.
+        answer = _response_bytes(url)
+        wrk = _wrk_turns(url)
         interleaved = _interleaved_row(
-            _ours_turns(["http", url, "-c", str(HTTP_CONNECTIONS)]), _wrk_turns(url),
-            _response_bytes(url), "loadtest http vs wrk, interleaved (bare aiohttp, c64)",
-            "req/s", ">= 0.90")
+            _ours_turns(["http", url, "-c", str(HTTP_CONNECTIONS)]), wrk, answer,
+            "loadtest http vs wrk, interleaved (bare aiohttp, c64)", "req/s", ">= 0.90")
         floor = _interleaved_row(
-            _wrk_turns(url), _wrk_turns(url), _response_bytes(url),
+            wrk, wrk, answer,
             "wrk vs wrk, interleaved (the method's noise floor, bare aiohttp)", "req/s", None)
         ours_runs, before, after = _sandwich(
             lambda: _ours(["http", url, "-c", str(HTTP_CONNECTIONS)], seconds),
@@ -350,31 +356,27 @@ def _c_client() -> Path | None:
     return exe
 
 
+def _c_cmd(exe: Path, port: int, seconds: int) -> list[str]:
+    return [*_pin(1), str(exe), "127.0.0.1", str(port), str(TCP_CONNECTIONS), str(seconds)]
+
+
 def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
-    out = subprocess.run([*_pin(1), str(exe), "127.0.0.1", str(port), str(TCP_CONNECTIONS),
-                          str(seconds)], check=True, capture_output=True, text=True,
+    out = subprocess.run(_c_cmd(exe, port, seconds), check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout.split()
     return {"rps": int(out[0]) / float(out[1])}
 
 
-def _proc(pid: int, name: str) -> str:
-    with open(f"/proc/{pid}/{name}") as f:
-        return f.read()
-
-
-def _bytes_read(pid: int) -> int:
-    """All bytes ``pid`` got from read-like syscalls (``rchar`` of Linux's ``/proc/PID/io``)."""
-    return int(re.search(r"^rchar: (\d+)", _proc(pid, "io"), re.M)[1])  # type: ignore[index]
-
-
-def _bytes_written(pid: int) -> int:
-    return int(re.search(r"^wchar: (\d+)", _proc(pid, "io"), re.M)[1])  # type: ignore[index]
+def _io(pid: int, field: str) -> int:
+    """A counter of Linux's ``/proc/PID/io``: ``rchar``, all bytes ``pid`` got from
+    read-like syscalls, or ``wchar``, all it handed to write-like ones."""
+    return int(re.search(rf"^{field}: (\d+)", Path(f"/proc/{pid}/io").read_text(),
+                         re.M)[1])  # type: ignore[index]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
     """SIGSTOP ``proc`` and wait until the kernel has stopped it."""
     proc.send_signal(signal.SIGSTOP)
-    while _proc(proc.pid, "stat").rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+    while stat_fields(proc.pid)[0] not in ("T", "t"):
         time.sleep(0.0005)
 
 
@@ -412,14 +414,11 @@ def _ours_turns(args: list[str]) -> _Turns:
 
 
 def _c_turns(exe: Path, port: int) -> _Turns:
-    return _Turns("C client", lambda seconds: [*_pin(1), str(exe), "127.0.0.1", str(port),
-                                               str(TCP_CONNECTIONS), str(seconds)],
-                  lambda out, seen: None)
+    return _Turns("C client", lambda seconds: _c_cmd(exe, port, seconds), lambda out, seen: None)
 
 
 def _wrk_turns(url: str) -> _Turns:
-    return _Turns("wrk", lambda seconds: [*_pin(1), "wrk", "-t1", f"-c{HTTP_CONNECTIONS}",
-                                          f"-d{seconds}s", url], _check_wrk)
+    return _Turns("wrk", lambda seconds: _wrk_cmd(url, seconds), _check_wrk)
 
 
 def _response_bytes(url: str) -> int:
@@ -450,14 +449,13 @@ def _interleaved(first: _Turns, second: _Turns, answer_bytes: int,
     """
     total = int(seconds) + 6  # each client's own run; the alternation ends a second before
     procs: list[subprocess.Popen[str]] = []
+    end = time.monotonic() + total - 1
     try:
         for client in (first, second):
             proc = subprocess.Popen(client.cmd(total), stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            if not procs:
-                end = time.monotonic() + total - 1
             procs.append(proc)
             deadline = time.monotonic() + 30
-            while _bytes_written(proc.pid) < 50_000:  # booted, connected and sending
+            while _io(proc.pid, "wchar") < 50_000:  # booted, connected and sending
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{client.name} did not start")
                 time.sleep(0.05)
@@ -467,11 +465,11 @@ def _interleaved(first: _Turns, second: _Turns, answer_bytes: int,
 
         def turn(i: int) -> None:
             proc = procs[i]
-            got, t0 = _bytes_read(proc.pid), time.monotonic()
+            got, t0 = _io(proc.pid, "rchar"), time.monotonic()
             proc.send_signal(signal.SIGCONT)
             time.sleep(SLICE)
             _stop(proc)
-            n = (_bytes_read(proc.pid) - got) // answer_bytes
+            n = (_io(proc.pid, "rchar") - got) // answer_bytes
             rates[i].append(n / (time.monotonic() - t0))
             answers[i] += n
 

@@ -31,9 +31,14 @@ def pin(core: int) -> list[str]:
     return []
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of Linux's ``/proc/PID/stat`` after the command name: state first."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

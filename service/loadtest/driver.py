@@ -370,11 +370,11 @@ class PingConnection(LineConnection):
     The same steps as :meth:`Driver._closed_loop_response` (record the latency,
     send the next ``PING`` at once), inlined into ``data_received``, and the
     answers counted in an int folded into the statuses at the end. Against the
-    TCP core the server is the bottleneck, and a client with no slack on its
-    own core drops behind whenever that core is slowed: this path took the
-    whole client from about 12,400 to 8,700 user-space instructions per round
-    trip (callgrind, against a bare PONG server). Anything else (a split or
-    merged read, an ``ERR``, the end of the run) takes the general path.
+    TCP core both the server's core and the client's are nearly saturated, so
+    whatever the client spends per round trip shows in the rate: this path took
+    the whole client from about 12,400 to 8,700 user-space instructions per
+    round trip (callgrind, against a bare PONG server). Anything else (a split
+    or merged read, an ``ERR``, the end of the run) takes the general path.
     """
 
     owner: Driver
