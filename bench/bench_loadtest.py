@@ -78,7 +78,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
 TCP_RUNS = 12  # separate runs of ours against the TCP core (a diagnostic); bare PONG: 8
 SLICE = 0.25  # seconds a client runs, in an interleaved comparison, while the other is stopped
-INTERLEAVED_SECONDS = 24  # of alternation per interleaved comparison (about 48 slices each)
+# Of alternation per interleaved comparison (about 150 turns each). This VM has
+# regimes of seconds in which the client's core is slower than the server's: one
+# tcp-ping run held 0.75 of C for 3 s, and the thirds of 72 s runs were 0.87-0.99,
+# against 0.97-1.05 for C vs C. A run of 24 s gave 0.89-0.98, one of 72 s 0.93-0.94.
+INTERLEAVED_SECONDS = 72
 HTTP_CONNECTIONS = 64
 TCP_CONNECTIONS = 32
 UNITS_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
@@ -323,8 +327,12 @@ def http_rows(seconds: int) -> list[dict[str, Any]]:
                  "req/s", "wrk", wrk_runs, None, note)]
     for p in ("p50", "p90", "p99"):
         raw = f"raw (uncorrected) median {_median(ours_runs, f'raw_{p}'):,.0f} us"
-        rows.append(_row(f"loadtest http {p} latency vs wrk (both CO-corrected as wrk does)",
-                         ours_runs, p, "us", "wrk", wrk_runs, "0.90-1.10", f"{note}; {raw}"))
+        # No target: against a saturated server, wrk's own percentiles move from run to
+        # run by more than 10% (the noise-floor row below); the issue's check is on a
+        # steady target, the side-by-side rows.
+        rows.append(_row(f"loadtest http {p} latency vs wrk, saturated, separate runs (both "
+                         f"CO-corrected as wrk does)", ours_runs, p, "us", "wrk", wrk_runs, None,
+                         f"{note}; {raw}"))
     spread = [max(b["p99"], a["p99"]) / min(b["p99"], a["p99"])
               for b, a in zip(before, after, strict=True)]
     rows.append({"name": "wrk p99 vs wrk p99, same round (noise floor)",
@@ -498,15 +506,19 @@ def _interleaved_row(first: _Turns, second: _Turns, answer_bytes: int, name: str
     ours, theirs, own = _interleaved(first, second, answer_bytes, INTERLEAVED_SECONDS)
     counts = "; ".join(f"{c.name} reported {n:,} answers and no errors"
                        for c, n in zip((first, second), own, strict=True) if n is not None)
-    return _row(name, [{"rps": r} for r in ours], "rps", unit, second.name,
-                _geomean([{"rps": r} for r in theirs[:-1]], [{"rps": r} for r in theirs[1:]]),
-                target,
+    around = _geomean([{"rps": r} for r in theirs[:-1]], [{"rps": r} for r in theirs[1:]])
+    ratios = [o / b["rps"] for o, b in zip(ours, around, strict=True)]
+    third = len(ratios) // 3
+    thirds = " ".join(f"{statistics.median(ratios[i * third:(i + 1) * third]):.2f}"
+                      for i in range(3)) if third else "-"
+    return _row(name, [{"rps": r} for r in ours], "rps", unit, second.name, around, target,
                 f"{len(ours)} turns of {SLICE}s each, both clients running on core 1 and one "
                 f"SIGSTOPped while the other runs; answers counted for both from /proc/PID/io "
                 f"({answer_bytes} bytes each); ratio: the median over the turns of "
                 f"{first.name} of its rate over the geometric mean of the {second.name} turns "
-                f"either side" + (f"; {counts} (more than their turns read: they also ran "
-                                  f"before and after the turns)" if counts else ""), "turn")
+                f"either side (medians of the run's thirds: {thirds})"
+                + (f"; {counts} (more than their turns read: they also ran before and after "
+                   f"the turns)" if counts else ""), "turn")
 
 
 def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:

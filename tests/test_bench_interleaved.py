@@ -54,3 +54,18 @@ def test_reports_that_do_not_add_up_with_their_turns_are_rejected() -> None:
         bl._check_wrk(wrk, 1001)
     with pytest.raises(RuntimeError):
         bl._check_wrk(wrk + "  Non-2xx or 3xx responses: 5\n", 10)
+
+
+def test_an_interleaved_row_compares_each_turn_with_the_reference_turns_either_side(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reference turns alternate 100 and 400 (geometric mean 200 around each of
+    # ours); ours' turns fall from 200 to 100 over the run, so its thirds differ.
+    theirs = [100.0 if i % 2 == 0 else 400.0 for i in range(10)]
+    ours = [200.0, 200.0, 200.0, 160.0, 160.0, 160.0, 100.0, 100.0, 100.0]
+    monkeypatch.setattr(bl, "_interleaved", lambda *args: (ours, theirs, [12_345, None]))
+    turns = bl._Turns("ours", lambda seconds: [], bl._check_ours)
+    row = bl._interleaved_row(turns, turns, 5, "a row", "rt/s", ">= 0.90")
+    assert row["ratio"] == pytest.approx(0.8)  # the median of 1, 1, 1, .8, .8, .8, .5, .5, .5
+    assert row["baseline_value"] == pytest.approx(200.0)
+    assert "medians of the run's thirds: 1.00 0.80 0.50" in row["note"]
+    assert "ours reported 12,345 answers" in row["note"]
