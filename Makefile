@@ -25,8 +25,9 @@ venv: $(STAMP)  ## create .venv and install the project with its dev tools
 run: $(STAMP)  ## start the downstream stubs and the service on the embedded defaults
 	$(BIN)/python scripts/run_local.py
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and the import contracts between runtime, domain, tools (lint-imports)
 	$(BIN)/ruff check service tests bench scripts
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict on service/
 	$(BIN)/mypy

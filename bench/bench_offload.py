@@ -29,9 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.metrics import LAG_BUCKETS  # noqa: E402
-from service.routes.hash import DEFAULT_SALT, SCRYPT_P, SCRYPT_R  # noqa: E402
-from tests.helpers import ServiceProcess, scrape, service_env  # noqa: E402
+from service.domain.routes.hash import DEFAULT_SALT, SCRYPT_P, SCRYPT_R  # noqa: E402
+from service.runtime.metrics import LAG_BUCKETS  # noqa: E402
+from tests.support.process import ServiceProcess, scrape, service_env  # noqa: E402
 
 WORKERS = 2
 COST = 16384

@@ -22,7 +22,7 @@ import atheris
 with atheris.instrument_imports():
     import orjson
 
-    from service.events import (
+    from service.domain.events import (
         MAX_ID_CHARS,
         MAX_PAYLOAD_BYTES,
         EventError,
@@ -30,7 +30,7 @@ with atheris.instrument_imports():
         parse_line,
         parse_ndjson_body,
     )
-    from service.tcp.answers import json_error
+    from service.domain.tcp_events import json_error
 
 MAX_EVENTS = 8
 

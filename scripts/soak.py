@@ -299,7 +299,8 @@ class Load:
 
 def _proxy(upstream_port: int, rate: float, seed: int) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.faultproxy", "--upstream", f"127.0.0.1:{upstream_port}",
+        [sys.executable, "-m", "tests.support.faultproxy",
+         "--upstream", f"127.0.0.1:{upstream_port}",
          "--fault-rate", str(rate), "--fault-latency", "0.5", "--seed", str(seed)],
         cwd=ROOT, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -310,7 +311,7 @@ def _proxy(upstream_port: int, rate: float, seed: int) -> tuple[subprocess.Popen
 def _sample(pid: int, metrics_url: str) -> dict[str, float]:
     import psutil
 
-    from tests.helpers import scrape
+    from tests.support.process import scrape
 
     p = psutil.Process(pid)
     samples = scrape(metrics_url)
@@ -343,8 +344,8 @@ async def _quiet_counts(load: Load, pid: int, url: str, wait: float) -> dict[str
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    from service.config import Settings
-    from tests.helpers import ServiceProcess, service_env
+    from service.settings import Settings
+    from tests.support.process import ServiceProcess, service_env
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     sink = work / "events.jsonl"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench import bench_loadtest as bl
-from tests.helpers import require_tool
+from tests.support.process import require_tool
 
 
 @pytest.mark.parametrize("kind", ["tcp", "http"])

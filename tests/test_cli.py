@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from service import __version__
-from service.cli import build_parser, loop_factory, run_loop
-from tests.helpers import ROOT, service_env
+from service.cli import build_parser
+from service.runtime.loop import loop_factory, run_loop
+from tests.support.process import ROOT, service_env
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from service.config import ConfigError, Settings, load_settings
-from tests.helpers import ROOT, service_env
+from service.settings import ConfigError, Settings, load_settings
+from tests.support.process import ROOT, service_env
 
 DEFAULT_TOML = ROOT / "config" / "default.toml"
 
@@ -28,13 +28,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def _defaults() -> dict[str, dict[str, Any]]:
-    # model_construct skips the env sources: the embedded defaults only.
-    data = {name: getattr(Settings.model_construct(), name).model_dump(mode="json")
-            for name in Settings.model_fields}
+    """The embedded defaults: the field defaults and the domain's layer of defaults."""
+    settings = Settings()
+    data: dict[str, dict[str, Any]] = settings.model_dump(mode="json")
+    # A table entry lists what it sets (the rest comes from the shared settings).
+    data["downstream"]["services"] = {
+        name: entry.model_dump(mode="json", exclude_unset=True)
+        for name, entry in settings.downstream.services.items()}
     return data
 
 
-def test_default_toml_lists_every_setting_with_its_default() -> None:
+def test_default_toml_lists_every_setting_with_its_default(
+        clean_env: pytest.MonkeyPatch) -> None:
     """config/default.toml and the Settings defaults agree key by key (and type by type)."""
     with DEFAULT_TOML.open("rb") as fh:
         toml = tomllib.load(fh)

@@ -8,11 +8,14 @@ import shlex
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from service import cli
+from service.app import create_app
 from service.cli import build_parser
-from service.config import Settings
-from service.metrics import Metrics
+from service.runtime.keys import METRICS
+from service.settings import Settings
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -105,9 +108,12 @@ def test_the_configuration_table_names_real_sections() -> None:
     assert sections == set(Settings.model_fields), sections ^ set(Settings.model_fields)
 
 
-def test_every_metric_in_the_readme_table_is_exported() -> None:
-    metrics = Metrics()
-    exported = {f.name for f in metrics._families} | {metrics.tasks.name}
+@pytest.mark.asyncio
+async def test_every_metric_in_the_readme_table_is_exported() -> None:
+    app = create_app(make_settings())
+    async with TestClient(TestServer(app)):  # started: every component has its metrics
+        metrics = app[METRICS]
+        exported = {f.name for f in metrics._families} | {metrics.tasks.name}
     exported = {n.removesuffix("_total") for n in exported}
     named = set(re.findall(rf"`({metrics.namespace}_[a-z_]+)`", section("Metrics")))
     assert named, "the metrics table names nothing"

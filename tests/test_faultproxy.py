@@ -13,8 +13,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.faultproxy import FaultProxy
-from tests.helpers import running_service
+from tests.support.faultproxy import FaultProxy
+from tests.support.process import running_service
 
 BODY = b"x" * 100_000
 REQUEST = b"GET /big HTTP/1.1\r\nHost: upstream\r\n\r\n"

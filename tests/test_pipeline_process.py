@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ServiceProcess, running_service, scrape
-from tests.pipeline_helpers import (
+from tests.support.clients import (
     EventClient,
     HttpEventClient,
     TcpEventClient,
     acked,
     wait_acked,
 )
+from tests.support.process import ServiceProcess, running_service, scrape
 
 pytestmark = pytest.mark.slow
 

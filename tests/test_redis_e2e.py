@@ -21,16 +21,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service.pipeline import WORKER_BATCH
-from tests.helpers import ServiceProcess, http_get, running_service, scrape
-from tests.pipeline_helpers import (
+from service.runtime.pipeline import WORKER_BATCH
+from tests.support.clients import (
     EventClient,
     HttpEventClient,
     TcpEventClient,
     acked,
     wait_acked,
 )
-from tests.redis_helpers import RedisServer, stream_entries
+from tests.support.process import ServiceProcess, http_get, running_service, scrape
+from tests.support.redis import RedisServer, stream_entries
 
 pytestmark = pytest.mark.slow
 

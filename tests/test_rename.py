@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, http_get, running_service
+from tests.support.process import ROOT, http_get, running_service
 
 NAME = "orders_api"
 BIN = Path(sys.executable).parent

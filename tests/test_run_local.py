@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, free_port, http_get, service_env
+from tests.support.process import ROOT, free_port, http_get, service_env
 
 
 def test_run_local_serves_and_stops_cleanly_on_sigterm() -> None:

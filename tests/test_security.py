@@ -22,9 +22,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from service.config import Settings
-from service.middleware import sane_request_id
-from tests.helpers import ROOT, ServiceProcess, http_get, running_service, service_env
+from service.runtime.requestid import sane_request_id
+from service.settings import Settings
+from tests.support.process import ROOT, ServiceProcess, http_get, running_service, service_env
 
 AIOHTTP_FLOOR = Version("3.13.4")
 

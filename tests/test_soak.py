@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.support.process import ROOT
 
 
 def _load() -> ModuleType:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service import log
-from service.cli import EXIT_CONFIG, run_service
-from service.config import ConfigError, load_settings
-from service.lifecycle import Service
+from service.app import create_app
+from service.cli import EXIT_CONFIG
+from service.runtime import log
+from service.runtime.lifecycle import Service, run_service
+from service.settings import ConfigError, load_settings
 
 
 def serve_with(name: str, add_routes: Callable[[Service], None]) -> int:
@@ -18,4 +19,4 @@ def serve_with(name: str, add_routes: Callable[[Service], None]) -> int:
         print(f"{name}: config error: {exc}")
         return EXIT_CONFIG
     log.configure(settings.log)
-    return run_service(settings, add_routes)
+    return run_service(settings, create_app, add_routes)

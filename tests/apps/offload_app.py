@@ -18,10 +18,11 @@ import threading
 import orjson
 from aiohttp import web
 
-from service import log
-from service.keys import OFFLOAD, SETTINGS
-from service.lifecycle import Service
-from service.routes.hash import parse_request, read_json_body, scrypt_hex
+from service.domain.keys import HASH
+from service.domain.routes.hash import parse_request, read_json_body, scrypt_hex
+from service.runtime import log
+from service.runtime.keys import OFFLOAD
+from service.runtime.lifecycle import Service
 from tests.apps import serve_with
 
 _released = threading.Event()
@@ -34,9 +35,9 @@ def _block(seconds: float) -> bool:
 
 
 async def hash_inline(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS].offload
-    data, salt = parse_request(await read_json_body(request), settings.hash_max_data_bytes)
-    digest = scrypt_hex(data, salt, settings.hash_cost)  # on the loop: the mistake
+    settings = request.app[HASH]
+    data, salt = parse_request(await read_json_body(request), settings.max_data_bytes)
+    digest = scrypt_hex(data, salt, settings.cost)  # on the loop: the mistake
     return web.Response(body=orjson.dumps({"digest": digest}), content_type="application/json")
 
 

@@ -14,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-from service.lifecycle import Service
+from service.runtime.lifecycle import Service
 from tests.apps import serve_with
 
 

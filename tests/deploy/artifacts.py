@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import Settings, load_settings
-from tests.helpers import ROOT
+from service.settings import Settings, load_settings
+from tests.support.process import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -101,7 +101,7 @@ def duration_seconds(value: str) -> float:
 
 
 def shutdown_budget(settings: Settings) -> float:
-    """The longest the service's shutdown steps can take (service.lifecycle)."""
+    """The longest the service's shutdown steps can take (service.runtime.lifecycle)."""
     s = settings.shutdown
     return s.readiness_delay + s.grace_seconds + s.drain_seconds + 2 * s.cancel_seconds
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import HttpSettings
+from service.runtime.settings import HttpSettings
 from tests.deploy.artifacts import (
     APP,
     PROMETHEUS_DIR,
@@ -27,7 +27,7 @@ from tests.deploy.artifacts import (
     settings_with_env,
     shutdown_budget,
 )
-from tests.helpers import IN_CI
+from tests.support.process import IN_CI
 
 
 def test_compose_file_matches_the_compose_specification() -> None:

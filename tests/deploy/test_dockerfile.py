@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import AdminSettings
+from service.runtime.settings import AdminSettings
 from tests.deploy.artifacts import (
     APP,
     DOCKERFILE,
@@ -34,7 +34,7 @@ from tests.deploy.artifacts import (
     settings_with_env,
     shutdown_budget,
 )
-from tests.helpers import ROOT, free_port, http_get, require_tool
+from tests.support.process import ROOT, free_port, http_get, require_tool
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -36,7 +36,7 @@ from tests.deploy.artifacts import (
     settings_with_env,
     shutdown_budget,
 )
-from tests.helpers import ROOT, free_port, http_get, parse_metrics, require_tool
+from tests.support.process import ROOT, free_port, http_get, parse_metrics, require_tool
 
 # -- the parsers themselves --------------------------------------------------------
 

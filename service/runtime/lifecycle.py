@@ -1,0 +1,230 @@
+"""Start order, signals and the numbered shutdown steps.
+
+aiohttp's ``run_app`` decides shutdown by itself (its ``shutdown_timeout`` can
+wait twice its value and never stops executors), so the service owns the
+sequence: every step has its own bound, and the total is at most
+``readiness_delay + grace_seconds + drain_seconds + 2 * cancel_seconds`` plus
+a little scheduling, which is what the compose ``stop_grace_period`` and the
+k8s ``terminationGracePeriodSeconds`` are sized from.
+
+Components join the sequence through ``service.runtime.state`` (listeners,
+drains, summary sources, readiness checks); this module never needs to know
+what they are, nor which service it runs: :func:`run_service` takes the
+service's app factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from service.runtime import gctune, offload
+from service.runtime.admin import create_admin_app
+from service.runtime.appkit import AppFactory
+from service.runtime.config import RuntimeSettings
+from service.runtime.http.server import HttpListener
+from service.runtime.keys import HTTP_MIDDLEWARE
+from service.runtime.log import flushing, get_logger, sink
+from service.runtime.loop import run_loop
+from service.runtime.metrics import Metrics
+from service.runtime.monitor import configure_debug
+from service.runtime.state import ServiceState
+
+log = get_logger("service.lifecycle")
+
+# Exit codes: 0 clean, 1 acknowledged work was lost (or a forced exit), 2 bad config.
+EXIT_OK, EXIT_LOST, EXIT_CONFIG = 0, 1, 2
+
+
+class Service:
+    """One running service: the public app, the admin app and the registered listeners."""
+
+    def __init__(self, settings: RuntimeSettings, create_app: AppFactory) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.metrics.namespace)
+        self.metrics.register_task_group("lifecycle")
+        self.state = ServiceState()
+        self.app = create_app(settings, metrics=self.metrics, state=self.state)
+        self.admin = create_admin_app(self.app)
+        self.http = HttpListener(
+            self.app, settings.http, header_timeouts=self.metrics.http_header_timeouts.labels(),
+            in_flight=self.metrics.http_in_flight.labels(),
+            middleware=self.app.get(HTTP_MIDDLEWARE))
+        self.stopping = asyncio.Event()
+        self._signals = 0
+        self._admin_runner: web.AppRunner | None = None
+
+    # -- signals ----------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("signal received: shutting down", signal=sig.name)
+            self.stopping.set()
+            return
+        # A second signal means "now": no more waiting on anything.
+        log.warning("second signal: exiting at once", signal=sig.name)
+        sink().flush()
+        os._exit(EXIT_LOST)
+
+    # -- start --------------------------------------------------------------
+    async def start(self) -> dict[str, int]:
+        """Start: resources, admin, other listeners, HTTP, ready; return the bound ports."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        configure_debug(loop, s.loop.debug, s.loop.slow_callback_ms)
+        # Resources start here: the app's cleanup contexts run in order.
+        await self.http.setup()
+        self._admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        admin_site = web.TCPSite(self._admin_runner, s.admin.host, s.admin.port,
+                                 reuse_address=True)
+        await admin_site.start()
+        ports = {"admin": self._admin_runner.addresses[0][1]}
+        for listener in self.state.listeners:
+            addresses = await listener.start()
+            ports[listener.name] = addresses[0][1]
+        ports["http"] = (await self.http.start())[0][1]
+        self.state.ready = True
+        self.metrics.ready_child.set(1)
+        log.info("listening", **{f"{name}_port": port for name, port in ports.items()},
+                 loop=type(loop).__module__.split(".")[0])
+        return ports
+
+    # -- stop ---------------------------------------------------------------
+    async def shutdown(self) -> int:
+        """The shutdown steps of SPEC.md; returns the exit code."""
+        s = self.settings.shutdown
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        # 1. Not ready: /readyz answers 503 from now on; keep serving through the
+        #    readiness delay so load balancers stop sending before we stop taking.
+        self.state.ready = False
+        self.metrics.ready_child.set(0)
+        log.info("shutdown step 1: not ready", readiness_delay=s.readiness_delay)
+        if s.readiness_delay:
+            await asyncio.sleep(s.readiness_delay)
+
+        # 2. Stop accepting: close the listening sockets; responses now carry
+        #    "Connection: close", new events get 503 and TCP clients "BYE shutdown".
+        self.state.draining = True
+        for listener in (self.http, *self.state.listeners):
+            await _guarded(listener.stop_accepting(), f"{listener.name}: stop accepting")
+        log.info("shutdown step 2: listeners closed")
+
+        # 3. In-flight HTTP requests and TCP answers finish, within the grace period.
+        await asyncio.gather(*(_guarded(lst.finish(s.grace_seconds), f"{lst.name}: finish")
+                               for lst in (self.http, *self.state.listeners)))
+        log.info("shutdown step 3: in-flight work finished",
+                 seconds=round(loop.time() - began, 3))
+
+        # 4. Drain: everything acknowledged reaches durable storage.
+        for drain in self.state.drains:
+            await _guarded(drain.drain(s.drain_seconds), f"{drain.name}: drain",
+                           timeout=s.drain_seconds + s.cancel_seconds)
+        log.info("shutdown step 4: drained")
+
+        # 5. Cancel what is left (each task's cleanup runs), then close the
+        #    resources: the app's cleanup contexts, in reverse start order.
+        cancelled = await self._cancel_remaining(s.cancel_seconds)
+        await _guarded(self.http.cleanup(), "close resources", timeout=s.cancel_seconds)
+
+        # 6. Summary and exit code; the admin listener goes last so the final
+        #    state can still be scraped until here.
+        counts: dict[str, int] = {"tasks_cancelled": cancelled}
+        for source in (*(d.summary for d in self.state.drains), *self.state.summaries):
+            for key, value in source().items():
+                counts[key] = counts.get(key, 0) + value
+        code = EXIT_LOST if counts.get("dropped", 0) else EXIT_OK
+        log.info("shutdown complete", exit_code=code, seconds=round(loop.time() - began, 3),
+                 **counts)
+        if self._admin_runner is not None:
+            await _guarded(self._admin_runner.cleanup(), "close admin", timeout=s.cancel_seconds)
+        return code
+
+    async def _cancel_remaining(self, timeout: float) -> int:
+        """Cancel every task but this one and the admin server's; wait for their cleanup."""
+        current = asyncio.current_task()
+        group_of = self.metrics.task_groups.of
+        tasks = [t for t in asyncio.all_tasks() if t is not current and group_of(t) != "http"]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                log.warning("task did not finish after cancel", task=task.get_name())
+        return len(tasks)
+
+
+async def _guarded(aw: Any, what: str, timeout: float | None = None) -> None:
+    """Run one shutdown step; log (never raise) its failure, so later steps still run."""
+    try:
+        async with asyncio.timeout(timeout):
+            await aw
+    except TimeoutError:
+        log.error("shutdown step timed out", step=what, timeout=timeout)  # noqa: TRY400
+    except Exception:
+        log.exception("shutdown step failed", step=what)
+
+
+async def serve(service: Service) -> int:
+    """Run ``service`` until SIGTERM or SIGINT; return the exit code."""
+    service.install_signal_handlers()
+    started = time.monotonic()
+    try:
+        await service.start()
+    except OSError as exc:
+        # A port in use or an address that cannot be bound: a configuration
+        # problem, so the same exit code as bad settings.
+        log.error("cannot start", error=str(exc))  # noqa: TRY400 - one line, no traceback
+        await service._cancel_remaining(service.settings.shutdown.cancel_seconds)
+        with contextlib.suppress(Exception):
+            await service.http.cleanup()
+            if service._admin_runner is not None:
+                await service._admin_runner.cleanup()
+        return EXIT_CONFIG
+    log.debug("started", seconds=round(time.monotonic() - started, 3))
+    await service.stopping.wait()
+    return await service.shutdown()
+
+
+def run_service(settings: RuntimeSettings, create_app: AppFactory,
+                customize: Callable[[Service], None] | None = None) -> int:
+    """Run the service on the configured loop until it stops; return the exit code.
+
+    ``customize`` may add routes or components to the service before it
+    starts (test apps use it); logging must already be configured.
+    """
+    gctune.tune()
+
+    async def main() -> int:
+        service = Service(settings, create_app)
+        if customize is not None:
+            customize(service)
+        return await serve(service)
+
+    try:
+        code = run_loop(flushing(main(), settings.log.flush_interval),
+                        settings.loop.kind, settings.loop.debug)
+    finally:
+        sink().flush()
+    if offload.abandoned_jobs():
+        # Threads still run jobs that shutdown abandoned, and the interpreter
+        # would join them at exit (concurrent.futures registers that): leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

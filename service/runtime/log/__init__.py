@@ -1,0 +1,12 @@
+"""Logging: structlog JSON lines with the request id, written off the request path.
+
+* :mod:`.setup`: structlog and the stdlib bridge (``configure``, ``get_logger``);
+* :mod:`.writer`: the buffered line sink in front of stdout (``sink``);
+* :mod:`.access`: the access log's own fast renderer;
+* :mod:`.timestamps`: the timestamp text, made once per millisecond.
+"""
+
+from service.runtime.log.setup import configure, get_logger, use_console
+from service.runtime.log.writer import LogSink, flushing, sink
+
+__all__ = ["LogSink", "configure", "flushing", "get_logger", "sink", "use_console"]

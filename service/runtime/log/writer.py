@@ -1,0 +1,123 @@
+"""The log writer: one buffered, thread-safe line sink in front of stdout.
+
+Writing is the expensive part of a log line (a syscall per line costs more
+than rendering it), so lines are appended to a buffer that is written at
+most every ``log.flush_interval`` seconds, at once for warnings and errors,
+and at exit. Producers that keep raw records and render them in batches
+(the HTTP access lines) register a flush hook and render at each flush.
+
+This module knows nothing of structlog or of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import IO, Any
+
+
+class LogSink:
+    """A buffered, thread-safe line writer in front of one binary stream.
+
+    While ``buffering``, lines wait for the next ``flush`` (the service calls it
+    every ``log.flush_interval``), except warnings and errors. The thread that
+    switched buffering on (the event loop's) also runs the flush hooks at each
+    of its flushes: producers that keep raw per-request records and render
+    them in batches (the HTTP access lines), so a request pays for a tuple
+    instead of a rendered line.
+    ``max_pending`` tells such a producer how many records it may hold for the
+    next flush: 0 while unbuffered, so it writes at once. Flushes from other
+    threads (an urgent error) leave the hooks to the owner's next flush.
+    """
+
+    MAX_PENDING = 8192
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._buffering = False
+        self._owner: int | None = None
+        self._hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self.max_pending = 0
+
+    @property
+    def buffering(self) -> bool:
+        return self._buffering
+
+    @buffering.setter
+    def buffering(self, on: bool) -> None:
+        if not on:
+            self._run_hooks()
+        self._buffering = on
+        self._owner = threading.get_ident() if on else None
+        self.max_pending = self.MAX_PENDING if on else 0
+
+    def add_flush_hook(self, hook: Callable[[], None]) -> None:
+        """Run the bound method ``hook`` at the owner's flushes, for as long as its object lives."""
+        self._hooks = [ref for ref in self._hooks if ref() is not None]
+        self._hooks.append(weakref.WeakMethod(hook))
+
+    def reset(self, stream: IO[bytes]) -> None:
+        """Write what is pending, then write to ``stream``, unbuffered (``configure``)."""
+        self.buffering = False
+        self.flush()
+        self._stream = stream
+
+    def write_line(self, line: bytes, *, urgent: bool = False) -> None:
+        with self._lock:
+            self._lines.append(line)
+        if urgent or not self._buffering:
+            self.flush()
+
+    def _run_hooks(self) -> None:
+        if self._owner is not None and threading.get_ident() == self._owner:
+            for ref in self._hooks:
+                hook = ref()
+                if hook is not None:
+                    hook()
+
+    def flush(self) -> None:
+        self._run_hooks()
+        with self._lock:
+            if not self._lines:
+                return
+            data = b"\n".join(self._lines) + b"\n"
+            self._lines.clear()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed (e.g. a broken pipe at exit): nothing useful left to do
+
+
+_sink = LogSink(sys.stdout.buffer)
+
+
+def sink() -> LogSink:
+    return _sink
+
+
+
+async def flushing(coro: Coroutine[Any, Any, int], interval: float) -> int:
+    """Run ``coro`` with the sink buffering, flushed every ``interval`` seconds."""
+    out = sink()
+    if interval <= 0:
+        return await coro
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            out.flush()
+
+    task = asyncio.create_task(flusher(), name="lifecycle:log-flush")
+    out.buffering = True
+    try:
+        return await coro
+    finally:
+        out.buffering = False
+        task.cancel()
+        out.flush()

@@ -1,0 +1,1 @@
+"""Tools that are not the running service: the downstream stub, the load-test client."""
