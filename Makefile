@@ -26,7 +26,7 @@ run: $(STAMP)  ## start the downstream stubs and the service on the embedded def
 	$(BIN)/python scripts/run_local.py
 
 lint: $(STAMP)  ## ruff, and the import contracts between runtime, domain, tools (lint-imports)
-	$(BIN)/ruff check service tests bench scripts
+	$(BIN)/ruff check service examples tests bench scripts
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict on service/

@@ -1,15 +1,16 @@
 """HTTP overhead: ``GET /v1/info`` through the full stack against a bare aiohttp app.
 
 The service runs as ``python -m service serve`` on its defaults (uvloop,
-request id, metrics, access log on at its default, written to a file); the
-baseline is a bare aiohttp app with one JSON route on the same aiohttp and
-uvloop, with no access log. Each server is pinned to core 0, wrk to core 1
-(``-t1 -c64``), and the runs alternate in pairs (bare then service, then
-service then bare, ...). The row reports the median of the per-pair ratios:
-on this VM the speed drifts by 20-40% over seconds, so two runs a second
-apart compare far better than the medians of runs far apart (with six 5 s
-runs per side, two full runs of the same build gave 0.83 and 0.93). Target:
-0.8 (ISSUE 2, ../shared/PERF-NOTES.md).
+request id, metrics, access log on at its default, written to a file), once
+on the fast path (aiohttp's private request fields, ``http.fast_path``) and
+once on the public API only; the baseline is a bare aiohttp app with one
+JSON route on the same aiohttp and uvloop, with no access log. Each server
+is pinned to core 0, wrk to core 1 (``-t1 -c64``), and the runs alternate in
+rounds (bare, fast, public, then the order rotates). Each row reports the
+median of the per-round ratios: on this VM the speed drifts by 20-40% over
+seconds, so runs a second apart compare far better than the medians of runs
+far apart. Targets: the fast path at least 0.90 of bare aiohttp, the public
+API at least 0.85.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only http"``.
 """
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from bench.common import pin as _pin
 from bench.common import pinned_server, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = 16  # measured (bare, service) pairs, alternating which goes first
+PAIRS = 16  # measured rounds (bare, fast, public), rotating which goes first
 CONNECTIONS = 64
+SIDES = ["bare", "fast", "public"]
 
 # The baseline: the same aiohttp and uvloop, one JSON route, nothing else.
 BARE_APP = """
@@ -87,71 +89,79 @@ def _run(url: str, pid: int, duration: float) -> tuple[float, float]:
 
 def measure(duration: float, pairs: int = PAIRS,
             service_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Alternate wrk runs of ``duration`` against both servers, ``pairs`` times; the ratios."""
+    """Rotating wrk runs of ``duration`` against bare aiohttp and both service paths."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    bare_port, svc_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "0"}
-    svc_env = {
-        **env,
-        "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(svc_port),
-        "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": "0",
-        "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
-        "SERVICE_LOG__FORMAT": "json",
-        **(service_env or {}),
-    }
-    bare_url = f"http://127.0.0.1:{bare_port}/v1/info"
-    svc_url = f"http://127.0.0.1:{svc_port}/v1/info"
-    bare: list[float] = []
-    svc: list[float] = []
-    bare_cpu: list[float] = []
-    svc_cpu: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, \
-            _server([sys.executable, "-c", BARE_APP, str(bare_port)], bare_url, env,
-                    Path(tmp) / "bare.log") as bare_proc, \
-            _server([sys.executable, "-m", "service", "serve"], svc_url, svc_env,
-                    Path(tmp) / "service.log") as svc_proc:
-        # Warm both up (imports, first-request caches, CPU frequency).
-        wrk(bare_url, 1)
-        wrk(svc_url, 1)
-        sides = [(bare_url, bare_proc.pid, bare, bare_cpu), (svc_url, svc_proc.pid, svc, svc_cpu)]
+    ports = {side: _free_port() for side in SIDES}
+    urls = {side: f"http://127.0.0.1:{port}/v1/info" for side, port in ports.items()}
+    rps: dict[str, list[float]] = {side: [] for side in SIDES}
+    cpu: dict[str, list[float]] = {side: [] for side in SIDES}
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, ExitStack() as stack:
+        procs = {"bare": stack.enter_context(_server(
+            [sys.executable, "-c", BARE_APP, str(ports["bare"])], urls["bare"], env,
+            Path(tmp) / "bare.log"))}
+        for side, fast in (("fast", "true"), ("public", "false")):
+            svc_env = {
+                **env,
+                "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(ports[side]),
+                "SERVICE_HTTP__FAST_PATH": fast,
+                "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": "0",
+                "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+                "SERVICE_LOG__FORMAT": "json",
+                "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / f"{side}-events.jsonl"),
+                **(service_env or {}),
+            }
+            procs[side] = stack.enter_context(_server(
+                [sys.executable, "-m", "service", "serve"], urls[side], svc_env,
+                Path(tmp) / f"{side}.log"))
+        for side in SIDES:  # warm up (imports, first-request caches, CPU frequency)
+            wrk(urls[side], 1)
         for i in range(pairs):
-            # Which side goes first alternates too: the speed drifts within a
-            # pair as well, and a fixed order would hand it to one side.
-            for url, pid, out, cpu_out in (sides if i % 2 == 0 else sides[::-1]):
-                rps, cpu = _run(url, pid, duration)
-                out.append(rps)
-                cpu_out.append(cpu)
-        access_lines = sum(1 for _ in (Path(tmp) / "service.log").open("rb"))
-    return {
-        "bare": bare, "service": svc,
-        "bare_median": statistics.median(bare), "service_median": statistics.median(svc),
-        "ratio": statistics.median(s / b for s, b in zip(svc, bare, strict=True)),
+            # The order rotates too: the speed drifts within a round as well, and
+            # a fixed order would hand it to one side.
+            for side in SIDES[i % 3:] + SIDES[:i % 3]:
+                r, c = _run(urls[side], procs[side].pid, duration)
+                rps[side].append(r)
+                cpu[side].append(c)
+        access_lines = sum(1 for _ in (Path(tmp) / "fast.log").open("rb"))
+    out: dict[str, Any] = {"service_log_lines": access_lines}
+    for side in SIDES:
+        out[side] = rps[side]
+        out[f"{side}_median"] = statistics.median(rps[side])
+        out[f"{side}_cpu_us"] = statistics.median(cpu[side])
+    for side in ("fast", "public"):
+        out[f"{side}_ratio"] = statistics.median(
+            s / b for s, b in zip(rps[side], rps["bare"], strict=True))
         # CPU per request is less sensitive to other load on the machine than
         # throughput; its inverse ratio is what throughput would be alone.
-        "bare_cpu_us": statistics.median(bare_cpu), "service_cpu_us": statistics.median(svc_cpu),
-        "cpu_ratio": statistics.median(b / s for s, b in zip(svc_cpu, bare_cpu, strict=True)),
-        "service_log_lines": access_lines,
-    }
+        out[f"{side}_cpu_ratio"] = statistics.median(
+            b / s for s, b in zip(cpu[side], cpu["bare"], strict=True))
+    return out
 
 
 def run(duration: float) -> list[dict[str, Any]]:
-    # Many short pairs rather than a few long runs: the same wrk time, and each
+    # Many short rounds rather than a few long runs: the same wrk time, and each
     # ratio taken between runs a second or two apart.
     m = measure(max(1.0, round(duration / 5)))
-    ratios = sorted(s / b for s, b in zip(m["service"], m["bare"], strict=True))
-    return [{
-        "name": "HTTP GET /v1/info, full stack (wrk -t1 -c64, 1 core each)",
-        "value": m["service_median"], "unit": "req/s",
-        "baseline": "bare aiohttp JSON route", "baseline_value": m["bare_median"],
-        "ratio": m["ratio"], "target": ">= 0.8",
-        "note": f"median of {len(ratios)} alternating pairs' ratios (each pair's runs a "
-                f"second apart; lowest {ratios[0]:.2f}, quartiles "
-                f"{ratios[len(ratios) // 4]:.2f}-{ratios[3 * len(ratios) // 4]:.2f}, "
-                f"highest {ratios[-1]:.2f}); server CPU per request {m['bare_cpu_us']:.1f} us "
-                f"bare vs {m['service_cpu_us']:.1f} us service (pairwise ratio "
-                f"{m['cpu_ratio']:.2f}); service wrote {m['service_log_lines']:,} log lines",
-    }]
+    rows = []
+    for side, label, target in (("fast", "fast path", ">= 0.90"),
+                                ("public", "public aiohttp API only", ">= 0.85")):
+        ratios = sorted(s / b for s, b in zip(m[side], m["bare"], strict=True))
+        rows.append({
+            "name": f"HTTP GET /v1/info, full stack, {label} (wrk -t1 -c64, 1 core each)",
+            "value": m[f"{side}_median"], "unit": "req/s",
+            "baseline": "bare aiohttp JSON route", "baseline_value": m["bare_median"],
+            "ratio": m[f"{side}_ratio"], "target": target,
+            "note": f"median of {len(ratios)} rotating rounds' ratios (lowest {ratios[0]:.2f}, "
+                    f"quartiles {ratios[len(ratios) // 4]:.2f}-"
+                    f"{ratios[3 * len(ratios) // 4]:.2f}, highest {ratios[-1]:.2f}); server "
+                    f"CPU per request {m['bare_cpu_us']:.1f} us bare vs "
+                    f"{m[f'{side}_cpu_us']:.1f} us (pairwise ratio {m[f'{side}_cpu_ratio']:.2f})"
+                    + (f"; the service wrote {m['service_log_lines']:,} log lines"
+                       if side == "fast" else ""),
+        })
+    return rows
 
 
 if __name__ == "__main__":

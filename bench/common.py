@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -14,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.support.process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,22 +88,12 @@ def pinned_server(cmd: list[str], ready: Callable[[subprocess.Popen[bytes]], Non
             ready(proc)
             yield proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc, 15)
 
 
 def stop_service(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[int, dict[str, Any]]:
     """SIGTERM a service and wait; its exit code and its ``shutdown complete`` line."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait(5)
+    code = stop_process(proc, 30)
     summary: dict[str, Any] = {}
     for raw in log_path.read_bytes().splitlines():
         try:

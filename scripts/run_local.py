@@ -1,8 +1,8 @@
 """`make run`: the downstream stubs and the service, in the foreground, on the defaults.
 
-Starts ``service stub --name users`` and ``--name orders`` on the ports of
-``downstream.users_url`` / ``downstream.orders_url`` (8091 and 8092 unless
-``SERVICE_DOWNSTREAM__*_URL`` say otherwise), then ``service serve`` with the
+Starts ``service stub --name NAME`` for every ``[downstream.services.<name>]``
+whose URL is on loopback, on that URL's port (users on 8091 and orders on
+8092 unless the settings say otherwise), then ``service serve`` with the
 same environment and any arguments given here (e.g. ``--config FILE``).
 
 The children run in their own process group, so a Ctrl-C in the terminal
@@ -16,28 +16,28 @@ would in production.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from types import FrameType
-from urllib.parse import urlsplit
 
-STUBS = {"users": ("SERVICE_DOWNSTREAM__USERS_URL", 8091),
-         "orders": ("SERVICE_DOWNSTREAM__ORDERS_URL", 8092)}
+from service.settings import ConfigError, load_settings
+from service.tools.stub import loopback_targets
 
 
 def say(message: str) -> None:
     print(f"run_local: {message}", file=sys.stderr, flush=True)
 
 
-def stub_port(env_key: str, default: int) -> int:
-    url = os.environ.get(env_key)
-    if not url:
-        return default
-    return urlsplit(url).port or default
+def stub_ports(argv: list[str]) -> dict[str, int]:
+    """The downstreams to stand in for, by name, with their ports (from the service's settings)."""
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    try:
+        return loopback_targets(load_settings(config).downstream)
+    except ConfigError:
+        return {}  # the service reports what is wrong with its settings
 
 
 def _accepting(port: int) -> bool:
@@ -79,8 +79,8 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    stubs = [p for name, (key, default) in STUBS.items()
-             if (p := start_stub(name, stub_port(key, default))) is not None]
+    stubs = [p for name, port in stub_ports(argv).items()
+             if (p := start_stub(name, port)) is not None]
     service = subprocess.Popen([sys.executable, "-m", "service", "serve", *argv],
                                start_new_session=True)
 

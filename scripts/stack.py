@@ -1,6 +1,7 @@
 """`make stack`: the compose topology on one machine, without Docker.
 
-Starts the ``users`` and ``orders`` stubs, the service pointed at them, and a
+Starts a stub per configured downstream (``users`` and ``orders`` by
+default; ``--stub-port NAME=PORT`` to move one), the service pointed at them, and a
 real Prometheus (Debian's ``prometheus`` package) scraping the service's admin
 port with the rule files of ``config/prometheus/`` (the same ``alerts.yml``
 that docker-compose.yml loads). Ctrl-C or SIGTERM stops everything in order:
@@ -149,23 +150,36 @@ def signals_raise_stop() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def stub_ports(overrides: list[str]) -> dict[str, int]:
+    """A stub per downstream the settings name on loopback, with ``NAME=PORT`` overrides."""
+    from service.settings import load_settings
+    from service.tools.stub import loopback_targets
+
+    ports = loopback_targets(load_settings().downstream)
+    for item in overrides:
+        name, _, port = item.partition("=")
+        ports[name] = int(port)
+    return ports
+
+
 def run(args: argparse.Namespace) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     admin_target = f"127.0.0.1:{args.admin_port}"
     code = 0
     with tempfile.TemporaryDirectory(prefix="stack-prometheus-") as tmp, signals_raise_stop():
         try:
-            for name, port in (("users", args.users_port), ("orders", args.orders_port)):
+            stubs = stub_ports(args.stub_port)
+            for name, port in stubs.items():
                 procs[name] = start(["stub", "--name", name, "--port", str(port)])
-            for name, port in (("users", args.users_port), ("orders", args.orders_port)):
+            for name, port in stubs.items():
                 wait_until(lambda p=port: port_open(p), f"{name} stub", procs)
             procs["service"] = start(["serve"], env={
                 "SERVICE_HTTP__PORT": str(args.http_port),
                 "SERVICE_TCP__PORT": str(args.tcp_port),
                 "SERVICE_ADMIN__HOST": "127.0.0.1",
                 "SERVICE_ADMIN__PORT": str(args.admin_port),
-                "SERVICE_DOWNSTREAM__USERS_URL": f"http://127.0.0.1:{args.users_port}",
-                "SERVICE_DOWNSTREAM__ORDERS_URL": f"http://127.0.0.1:{args.orders_port}",
+                **{f"SERVICE_DOWNSTREAM__SERVICES__{name.upper()}__URL": f"http://127.0.0.1:{port}"
+                   for name, port in stubs.items()},
             })
             wait_until(lambda: http_ok(f"http://127.0.0.1:{args.http_port}/readyz"),
                        "service", procs)
@@ -209,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--tcp-port", type=int, default=8888)
     parser.add_argument("--admin-port", type=int, default=8081)
-    parser.add_argument("--users-port", type=int, default=8091)
-    parser.add_argument("--orders-port", type=int, default=8092)
+    parser.add_argument("--stub-port", action="append", default=[], metavar="NAME=PORT",
+                        help="run downstream NAME's stub on PORT (repeatable)")
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--scrape-interval", default="5s", help="Prometheus duration, e.g. 1s")
     return run(parser.parse_args(argv))

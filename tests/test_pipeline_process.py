@@ -17,26 +17,14 @@ from typing import Any
 import pytest
 
 from tests.support.clients import (
-    EventClient,
-    HttpEventClient,
     TcpEventClient,
     acked,
+    start_clients,
     wait_acked,
 )
-from tests.support.process import ServiceProcess, running_service, scrape
+from tests.support.process import running_service, scrape
 
 pytestmark = pytest.mark.slow
-
-def start_clients(proc: ServiceProcess, stop: threading.Event, http: int = 3,
-                  tcp: int = 2) -> list[EventClient]:
-    clients: list[EventClient] = [HttpEventClient(proc.ports["http"], stop)
-                                  for _ in range(http)]
-    if "tcp" in proc.ports:
-        clients += [TcpEventClient(proc.ports["tcp"], stop) for _ in range(tcp)]
-    for client in clients:
-        client.start()
-    return clients
-
 
 def sink_records(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
@@ -53,7 +41,7 @@ def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     stop = threading.Event()
     with running_service(env=env_for(path)) as proc:
-        clients = start_clients(proc, stop)
+        clients = start_clients([proc.ports], stop, http=3, tcp=2)
         wait_acked(clients, 3000)
         proc.signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -86,7 +74,7 @@ def test_sigkill_then_restart_keeps_every_event_fsynced_before_the_kill(tmp_path
     stop = threading.Event()
     with running_service(env=env) as proc:
         # Phase 1: send, pause, and wait until the sink has fsynced everything.
-        clients = start_clients(proc, stop)
+        clients = start_clients([proc.ports], stop, http=3, tcp=2)
         wait_acked(clients, 2000)
         stop.set()
         for client in clients:
@@ -100,7 +88,7 @@ def test_sigkill_then_restart_keeps_every_event_fsynced_before_the_kill(tmp_path
             time.sleep(0.05)
         # Phase 2: SIGKILL while clients are sending.
         stop2 = threading.Event()
-        clients2 = start_clients(proc, stop2)
+        clients2 = start_clients([proc.ports], stop2, http=3, tcp=2)
         wait_acked(clients2, 500)
         assert proc.proc is not None
         proc.proc.kill()
@@ -121,7 +109,7 @@ def test_sigkill_then_restart_keeps_every_event_fsynced_before_the_kill(tmp_path
         fh.write(b'{"id":"torn-by-the-crash","user_id":"u1","ty')
     stop3 = threading.Event()
     with running_service(env=env) as proc:
-        clients3 = start_clients(proc, stop3, http=1, tcp=1)
+        clients3 = start_clients([proc.ports], stop3)
         wait_acked(clients3, 200)
         stop3.set()
         for client in clients3:

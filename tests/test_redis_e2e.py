@@ -24,9 +24,9 @@ import pytest
 from service.runtime.pipeline import WORKER_BATCH
 from tests.support.clients import (
     EventClient,
-    HttpEventClient,
     TcpEventClient,
     acked,
+    start_clients,
     wait_acked,
 )
 from tests.support.process import ServiceProcess, http_get, running_service, scrape
@@ -57,17 +57,6 @@ def redis_env(server: RedisServer) -> dict[str, str]:
 def three_services(server: RedisServer) -> Iterator[list[ServiceProcess]]:
     with ExitStack() as stack:
         yield [stack.enter_context(running_service(env=redis_env(server))) for _ in range(3)]
-
-
-def start_clients(procs: list[ServiceProcess], stop: threading.Event) -> list[EventClient]:
-    # Long timeouts and a slower retry after a 429: the outage test stalls for 5 s.
-    clients: list[EventClient] = []
-    for proc in procs:
-        clients += [HttpEventClient(proc.ports["http"], stop, timeout=30, backoff=0.05),
-                    TcpEventClient(proc.ports["tcp"], stop, timeout=30)]
-    for client in clients:
-        client.start()
-    return clients
 
 
 def stop_all(procs: list[ServiceProcess], clients: list[EventClient],
@@ -101,7 +90,8 @@ def check_exactly_once(server: RedisServer, procs: list[ServiceProcess],
 def test_three_services_one_stream_every_ack_exactly_once(tmp_path: Path) -> None:
     stop = threading.Event()
     with RedisServer(tmp_path / "redis") as server, three_services(server) as procs:
-        clients = start_clients(procs, stop)
+        clients = start_clients(  # long timeouts, slow retries: an outage lasts 5 s
+            [p.ports for p in procs], stop, timeout=30, backoff=0.05)
         wait_acked(clients, 6000, timeout=30)
         codes = stop_all(procs, clients, stop)
         assert codes == [0, 0, 0], procs[0].output()[-3000:]
@@ -137,7 +127,8 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
     server = RedisServer(tmp_path / "redis").start()
     try:
         with three_services(server) as procs:
-            clients = start_clients(procs, stop)
+            clients = start_clients(  # long timeouts, slow retries: an outage lasts 5 s
+            [p.ports for p in procs], stop, timeout=30, backoff=0.05)
             watcher = Watcher(procs)
             watcher.start()
             wait_acked(clients, 3000, timeout=30)

@@ -1,9 +1,12 @@
-"""The downstream stub: a real aiohttp server standing in for ``users`` or ``orders``.
+"""The downstream stub: a real aiohttp server standing in for a downstream service.
 
-``make run``, compose and the tests start it as ``service stub --name users|orders``.
-It serves a deterministic dataset (users ``u1``..``u1000``; each user's orders
-derived from the number) and misbehaves on request, so the service's
-downstream client can be tested against real sockets:
+``make run``, ``make stack``, compose and the tests start it as ``service
+stub --name NAME``, one per configured downstream on a loopback URL. For
+``users`` and ``orders`` it serves a deterministic dataset (users
+``u1``..``u1000``; each user's orders derived from the number); for any other
+name it answers every ``GET`` with ``{"name", "path"}``, a stand-in until you
+write your own. It misbehaves on request, so the service's downstream client
+can be tested against real sockets:
 
 * latency: ``--latency-ms`` plus up to ``--latency-jitter-ms`` of random extra;
 * errors: ``--error-rate`` answers that fraction with 503;
@@ -38,14 +41,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from service.runtime.downstream.deadline import DEADLINE_HEADER
 from service.runtime.loop import run_loop
 from service.runtime.requestid import REQUEST_ID_HEADER
+from service.runtime.settings import NAME, DownstreamSettings
 
 USERS = 1000
+DATASETS = ("users", "orders")
 DEADLINE_MARGIN = 0.01
 _FAIL_KINDS = ("500", "503", "reset", "malformed", "big")
 
@@ -116,6 +122,7 @@ class Stats:
         return data
 
 
+NAME_KEY = web.AppKey("name", str)
 KNOBS = web.AppKey("knobs", Knobs)
 STATS = web.AppKey("stats", Stats)
 RANDOM = web.AppKey("random", random.Random)
@@ -230,21 +237,29 @@ async def post_control(request: web.Request) -> web.Response:
     return web.json_response(asdict(knobs))
 
 
+async def generic(request: web.Request) -> web.Response:
+    """Any other downstream: every path answers who was asked for what."""
+    return web.json_response({"name": request.app[NAME_KEY], "path": request.path})
+
+
 def create_app(name: str, knobs: Knobs | None = None, seed: int | None = None) -> web.Application:
-    """The stub app for ``name`` ("users" or "orders"); run it with ``handler_cancellation``."""
+    """The stub app for downstream ``name``; run it with ``handler_cancellation``."""
     app = web.Application(middlewares=[misbehave])
+    app[NAME_KEY] = name
     app[KNOBS] = knobs or Knobs()
     app[STATS] = Stats()
     app[RANDOM] = random.Random(seed)
+    if not NAME.fullmatch(name):
+        raise ValueError(f"a stub name is a downstream's name, not {name!r}")
     if name == "users":
         app.router.add_get("/users/{user_id}", get_user)
     elif name == "orders":
         app.router.add_get("/users/{user_id}/orders", get_orders)
-    else:
-        raise ValueError(f"unknown stub {name!r}")
     app.router.add_post("/echo", echo)
     app.router.add_get("/stats", get_stats)
     app.router.add_post("/control", post_control)
+    if name not in DATASETS:
+        app.router.add_get("/{path:.*}", generic)
     return app
 
 
@@ -276,8 +291,19 @@ def _emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def loopback_targets(downstream: DownstreamSettings) -> dict[str, int]:
+    """The configured downstreams a local stub can stand in for: name -> port (on loopback)."""
+    targets = {}
+    for name, entry in downstream.services.items():
+        url = urlsplit(entry.url)
+        if url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost") and url.port:
+            targets[name] = url.port
+    return targets
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", choices=("users", "orders"), required=True)
+    parser.add_argument("--name", required=True,
+                        help="the downstream's name: users and orders have a dataset")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)

@@ -79,11 +79,14 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     """The stub and load-test commands are real ``service`` arguments (image ENTRYPOINT)."""
     services = compose()["services"]
     parser = build_parser()
-    for name in ("users", "orders"):
+    env = services[APP]["environment"]
+    downstreams = {key.split("__")[2].lower() for key in env
+                   if key.startswith(f"{APP.upper()}_DOWNSTREAM__SERVICES__")}
+    assert downstreams == {"users", "orders"}  # a stub service for each downstream
+    for name in downstreams:
         args = parser.parse_args(services[name]["command"])
         assert (args.command, args.name, args.host) == ("stub", name, "0.0.0.0")
-        url = urllib.parse.urlsplit(services[APP]["environment"]
-                                    [f"SERVICE_DOWNSTREAM__{name.upper()}_URL"])
+        url = urllib.parse.urlsplit(env[f"{APP.upper()}_DOWNSTREAM__SERVICES__{name.upper()}__URL"])
         assert (url.hostname, url.port) == (name, args.port)
     loadtest = services["loadtest"]
     entry = loadtest["entrypoint"]

@@ -36,7 +36,14 @@ from tests.deploy.artifacts import (
     settings_with_env,
     shutdown_budget,
 )
-from tests.support.process import ROOT, free_port, http_get, parse_metrics, require_tool
+from tests.support.process import (
+    ROOT,
+    free_port,
+    http_get,
+    parse_metrics,
+    require_tool,
+    stop_process,
+)
 
 # -- the parsers themselves --------------------------------------------------------
 
@@ -160,7 +167,9 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
     with out.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "stack.py"), "--scrape-interval", "1s",
-             *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))],
+             *(arg for name, port in ports.items() if name not in ("users", "orders")
+               for arg in (f"--{name}-port", str(port))),
+             "--stub-port", f"users={ports['users']}", "--stub-port", f"orders={ports['orders']}"],
             stdout=log, stderr=subprocess.STDOUT, env={
                 k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")},
         )
@@ -199,13 +208,7 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
         budget = shutdown_budget(settings_with_env(monkeypatch, {}))
         assert proc.wait(budget + 20) == 0, out.read_text()
     finally:
-        if proc.poll() is None:  # a failed assertion: stop the stack, not just the script
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, 60)  # after a failed assertion: the stack, not just the script
     lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.startswith("{")]
     assert [ln["exit_code"] for ln in lines if ln.get("event") == "shutdown complete"] == [0]
     assert lines[-1] == {"event": "stack stopped", "exit_code": 0}

@@ -127,8 +127,7 @@ async def test_a_stalled_sink_sheds_load_fast_with_bounded_memory(tmp_path: Path
     The p99 bound is relaxed to twice the p99 of /livez measured alongside
     when the machine is too loaded for 20 ms to mean anything.
     """
-    sink = MemorySink()
-    sink.running.clear()
+    sink = MemorySink(stalled=True)
     app = make_app(tmp_path, sink, ingest_capacity=2000, enrich_capacity=2000, batch_size=500)
     proc = psutil.Process()
     batch = orjson.dumps([EVENT] * 50)

@@ -112,6 +112,23 @@ class TcpEventClient(EventClient):
                         raise AssertionError(f"unexpected answer {answer!r}")
 
 
+def start_clients(ports: Sequence[dict[str, int]], stop: threading.Event, *, http: int = 1,
+                  tcp: int = 1, **options: float) -> list[EventClient]:
+    """``http`` HTTP and ``tcp`` TCP clients per service (by its ports), started.
+
+    ``options`` go to every client (``timeout``, and ``backoff`` for HTTP).
+    """
+    clients: list[EventClient] = []
+    for service in ports:
+        clients += [HttpEventClient(service["http"], stop, **options) for _ in range(http)]
+        if "tcp" in service:
+            tcp_options = {k: v for k, v in options.items() if k != "backoff"}
+            clients += [TcpEventClient(service["tcp"], stop, **tcp_options) for _ in range(tcp)]
+    for client in clients:
+        client.start()
+    return clients
+
+
 def acked(clients: Sequence[EventClient]) -> list[str]:
     return [i for c in clients for i in c.acked]
 

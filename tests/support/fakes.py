@@ -25,11 +25,12 @@ class MemorySink:
 
     backend = "memory"
 
-    def __init__(self, fail_times: int = 0) -> None:
+    def __init__(self, fail_times: int = 0, *, stalled: bool = False) -> None:
         self.lines: list[SinkLine] = []
         self.batches: list[int] = []
-        self.running = asyncio.Event()
-        self.running.set()
+        self.running = asyncio.Event()  # cleared: writes wait (a stalled sink)
+        if not stalled:
+            self.running.set()
         self.fail_times = fail_times
         self.flushes = 0
         self.closed = False

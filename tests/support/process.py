@@ -36,6 +36,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0,
+                 sig: int = signal.SIGTERM) -> int:
+    """Send ``sig`` (SIGTERM) and wait up to ``timeout``; SIGKILL if it is still there.
+
+    Returns the exit code (negative when a signal ended it, as ``Popen`` says).
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -114,14 +129,14 @@ class ServiceProcess:
         return code
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in ``timeout``."""
+        """SIGTERM and wait; SIGKILL if it does not exit in ``timeout`` (and raise)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
         try:
             return self.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            stop_process(self.proc, 0, signal.SIGKILL)
             self.wait(5)
             raise
 

@@ -7,7 +7,6 @@ data directory, and with ``appendonly`` the data, like a Redis host reboot.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 import redis
 
-from tests.support.process import free_port, require_tool
+from tests.support.process import free_port, require_tool, stop_process
 
 
 class RedisServer:
@@ -63,14 +62,8 @@ class RedisServer:
     def stop(self) -> None:
         """SIGTERM (Redis fsyncs its append-only file on the way out) and wait."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)

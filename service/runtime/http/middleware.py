@@ -91,9 +91,10 @@ class ApiMiddleware:
             request: web.Request, handler: Handler | None = default
         ) -> web.StreamResponse:
             start = perf_counter()
-            if track_connection:
+            if track_connection:  # the request-header deadline stops (http.server)
                 protocol = request.protocol
-                protocol.request_started()  # type: ignore[attr-defined]
+                protocol.in_request = True  # type: ignore[attr-defined]
+                protocol.header_since = 0  # type: ignore[attr-defined]
             headers = headers_of(request)
             rid = headers.get(_RID_KEY)
             if rid is None or sane(rid) is None:

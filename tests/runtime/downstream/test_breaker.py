@@ -10,15 +10,8 @@ import pytest
 from service.runtime.downstream import BadResponse, CircuitOpen, Deadline
 from service.runtime.downstream.breaker import CircuitBreaker, State
 from service.runtime.downstream.client import DownstreamClient
+from tests.support.fakes import FakeClock
 from tests.support.stubs import percentile, running_stub, started_client, wait_for
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_opens_after_consecutive_failures_only() -> None:

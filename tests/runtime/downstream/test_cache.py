@@ -11,16 +11,9 @@ from service.domain.enrich import UserLookup
 from service.runtime.downstream import DownstreamError
 from service.runtime.downstream.cache import SingleFlight, TTLCache, missing
 from service.runtime.metrics import Metrics
+from tests.support.fakes import FakeClock
 from tests.support.settings import make_settings
 from tests.support.stubs import Stub, running_stub, wait_for
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_entries_expire_after_their_ttl() -> None:

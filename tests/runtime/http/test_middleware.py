@@ -16,15 +16,27 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.app import create_app
 from service.runtime import log
 from service.runtime.errors import Overloaded, ValidationFailed
-from service.runtime.keys import METRICS, STATE
+from service.runtime.http import compat
+from service.runtime.keys import HTTP_MIDDLEWARE, METRICS, STATE
 from tests.support.settings import make_settings
 
 GATE = web.AppKey("gate", asyncio.Event)
 GENERATED_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]+")
 
 
+# Every test here runs on both ways of reading requests (service.runtime.http.compat).
+FAST_PATH = True
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["fast", "public"])
+def request_access(request: pytest.FixtureRequest) -> None:
+    global FAST_PATH
+    FAST_PATH = request.param
+
+
 def _app(**http: Any) -> web.Application:
-    app = create_app(make_settings(http=http))
+    app = create_app(make_settings(http={"fast_path": FAST_PATH, **http}))
+    assert app[HTTP_MIDDLEWARE].access.fast is FAST_PATH
     gate = asyncio.Event()
     app[GATE] = gate
 
@@ -185,12 +197,12 @@ async def test_client_gone_is_counted_as_499() -> None:
 
 
 @pytest.mark.asyncio
-async def test_private_request_fields_match_the_public_api() -> None:
-    """The middleware reads aiohttp's attributes behind these properties (ApiMiddleware)."""
+async def test_the_fast_reads_agree_with_the_public_api_on_a_real_request() -> None:
+    """What compat.FAST reads of aiohttp's private fields is what the public API says."""
     seen: dict[str, Any] = {}
 
     async def probe(request: web.Request) -> web.Response:
-        seen.update(request=request, match_info=request.match_info)
+        seen["request"] = request
         return web.Response(text="ok", status=201)
 
     app = _app()
@@ -199,15 +211,13 @@ async def test_private_request_fields_match_the_public_api() -> None:
         resp = await client.get("/probe/1?q=2", headers={"User-Agent": "probe/1"})
         assert resp.status == 201
     request = seen["request"]
-    assert request._headers is request.headers
-    assert request._method == request.method == "GET"
-    assert request._match_info is seen["match_info"]
-    assert request._match_info._route is request._match_info.route is seen["match_info"].route
-    assert request._message.path == request.raw_path == "/probe/1?q=2"
-    assert isinstance(request._transport_peername, tuple)
-    assert request._transport_peername[0] == request.remote == "127.0.0.1"
+    assert compat.FAST.headers(request) is compat.PUBLIC.headers(request) is request.headers
+    method, path, route, peer = compat.FAST.describe(request)
+    assert (method, path, route) == compat.PUBLIC.describe(request)[:3]
+    assert (method, path, route.resource.canonical) == ("GET", "/probe/1?q=2", "/probe/{x}")
+    assert peer[0] == compat.PUBLIC.describe(request)[3][0] == request.remote == "127.0.0.1"
     response = web.Response(status=418)
-    assert response._status == response.status == 418
+    assert compat.FAST.status(response) == compat.PUBLIC.status(response) == 418
 
 
 def test_an_app_made_on_one_thread_and_served_on_another_counts_every_request() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,16 @@ def settings(**overrides: Any) -> PipelineSettings:
 
 def ev(user: str = "u1", kind: str = "click") -> Event:
     return {"user_id": user, "type": kind}
+
+
+@contextlib.asynccontextmanager
+async def stalled(metrics: Metrics | None = None,
+                  **overrides: Any) -> AsyncIterator[tuple[Pipeline, MemorySink]]:
+    """A demo pipeline whose sink takes nothing until the test says ``sink.running.set()``."""
+    sink = MemorySink(stalled=True)
+    async with demo_pipeline(settings(**overrides), metrics or Metrics(), LocalUsers(),
+                             sink) as p:
+        yield p, sink
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
@@ -105,9 +117,7 @@ async def test_enrichment_failures_never_lose_the_event() -> None:
 
 @pytest.mark.asyncio
 async def test_batches_are_bounded_by_size() -> None:
-    sink = MemorySink()
-    sink.running.clear()
-    async with demo_pipeline(settings(batch_size=7), Metrics(), LocalUsers(), sink) as p:
+    async with stalled(batch_size=7) as (p, sink):
         p.offer_batch_nowait([ev() for _ in range(30)])
         await asyncio.sleep(0.05)
         sink.running.set()
@@ -118,11 +128,9 @@ async def test_batches_are_bounded_by_size() -> None:
 
 @pytest.mark.asyncio
 async def test_a_batch_is_all_or_nothing_when_the_ingest_queue_is_short_of_room() -> None:
-    sink = MemorySink()
-    sink.running.clear()
     metrics = Metrics()
-    async with demo_pipeline(settings(ingest_capacity=10, enrich_capacity=5, batch_size=5),
-                        metrics, LocalUsers(), sink) as p:
+    async with stalled(metrics, ingest_capacity=10, enrich_capacity=5,
+                       batch_size=5) as (p, sink):
         # Fill everything downstream of intake, then the ingest queue itself.
         accepted = await fill(p)
         before = p.accepted
@@ -142,10 +150,8 @@ async def test_a_batch_is_all_or_nothing_when_the_ingest_queue_is_short_of_room(
 
 @pytest.mark.asyncio
 async def test_offer_waits_for_room_then_gives_up() -> None:
-    sink = MemorySink()
-    sink.running.clear()
-    async with demo_pipeline(settings(ingest_capacity=2, enrich_capacity=1, batch_size=1,
-                                 enrich_workers=1), Metrics(), LocalUsers(), sink) as p:
+    async with stalled(ingest_capacity=2, enrich_capacity=1, batch_size=1,
+                       enrich_workers=1) as (p, sink):
         await fill(p)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -165,10 +171,8 @@ async def test_offer_waits_for_room_then_gives_up() -> None:
 
 @pytest.mark.asyncio
 async def test_drain_refuses_waiting_and_new_offers() -> None:
-    sink = MemorySink()
-    sink.running.clear()
-    async with demo_pipeline(settings(ingest_capacity=1, enrich_capacity=1, batch_size=1,
-                                 enrich_workers=1), Metrics(), LocalUsers(), sink) as p:
+    async with stalled(ingest_capacity=1, enrich_capacity=1, batch_size=1,
+                       enrich_workers=1) as (p, sink):
         await fill(p)
         waiting = asyncio.create_task(p.offer(ev(), timeout=30))
         await asyncio.sleep(0.01)
@@ -217,10 +221,8 @@ async def test_a_slow_lookup_is_skipped_in_the_second_half_of_the_drain() -> Non
 
 @pytest.mark.asyncio
 async def test_a_stalled_sink_at_shutdown_counts_dropped_events() -> None:
-    sink = MemorySink()
-    sink.running.clear()
     metrics = Metrics()
-    async with demo_pipeline(settings(), metrics, LocalUsers(), sink) as p:
+    async with stalled(metrics) as (p, _):
         p.offer_batch_nowait([ev() for _ in range(10)])
         await p.drain(0.2)
         assert p.summary() == {"accepted": 10, "delivered": 0, "dropped": 10}
@@ -320,12 +322,10 @@ async def test_tcp_clients_stop_being_read_while_the_sink_is_stalled() -> None:
     service holds at most its queues' capacity); once the sink moves again,
     every line is answered and every ``OK <id>`` is in the sink.
     """
-    sink = MemorySink()
-    sink.running.clear()
     metrics = Metrics()
     tcp = make_settings(tcp={"overload_timeout": 0.2}).tcp
-    async with demo_pipeline(settings(ingest_capacity=200, enrich_capacity=200, batch_size=100),
-                        metrics, LocalUsers(), sink) as p:
+    async with stalled(metrics, ingest_capacity=200, enrich_capacity=200,
+                       batch_size=100) as (p, sink):
         server = TcpServer(tcp, metrics, EventLines(p, 5.0))
         port = (await server.start())[0][1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -1,0 +1,1 @@
+"""Services built on the runtime alone (see examples/minimal/README.md)."""

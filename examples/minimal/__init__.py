@@ -1,0 +1,1 @@
+"""A blank service on the runtime alone: one route, one pipeline stage, one TCP line handler."""
