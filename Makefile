@@ -25,8 +25,9 @@ venv: $(STAMP)  ## create .venv and install the project with its dev tools
 run: $(STAMP)  ## start the downstream stubs and the service on the embedded defaults
 	$(BIN)/python scripts/run_local.py
 
-lint: $(STAMP)  ## ruff, and the import contracts between runtime, domain, tools (lint-imports)
-	$(BIN)/ruff check service examples tests bench scripts
+lint: $(STAMP)  ## ruff (lint and format check), and the import contracts (lint-imports)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict on service/
@@ -46,7 +47,8 @@ stack: $(STAMP)  ## stubs, the service and a real Prometheus with the alert rule
 rename: $(STAMP)  ## rename the package, script, metric/env prefixes and compose services: make rename NAME=orders_api
 	@test -n "$(NAME)" || (echo "usage: make rename NAME=your_service" >&2; exit 2)
 	$(BIN)/python scripts/rename.py $(NAME)
-	$(BIN)/ruff check --select I --fix --quiet $(NAME) tests bench scripts
+	$(BIN)/ruff check --select I --fix --quiet .
+	$(BIN)/ruff format --quiet .
 
 FUZZ_SECONDS ?= 300
 fuzz: $(STAMP)  ## atheris on the event parsers (FUZZ_SECONDS) and a long schemathesis run

@@ -60,8 +60,9 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
 
 
 @contextmanager
-def _server(cmd: list[str], url: str, env: dict[str, str],
-            log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _server(
+    cmd: list[str], url: str, env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with pinned_server(cmd, lambda proc: wait_http(url, proc), env, log_path) as proc:
         yield proc
 
@@ -87,8 +88,9 @@ def _run(url: str, pid: int, duration: float) -> tuple[float, float]:
     return rps, (_cpu_seconds(pid) - before) / max(n, 1) * 1e6
 
 
-def measure(duration: float, pairs: int = PAIRS,
-            service_env: dict[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    duration: float, pairs: int = PAIRS, service_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Rotating wrk runs of ``duration`` against bare aiohttp and both service paths."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -98,29 +100,44 @@ def measure(duration: float, pairs: int = PAIRS,
     rps: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp, ExitStack() as stack:
-        procs = {"bare": stack.enter_context(_server(
-            [sys.executable, "-c", BARE_APP, str(ports["bare"])], urls["bare"], env,
-            Path(tmp) / "bare.log"))}
+        procs = {
+            "bare": stack.enter_context(
+                _server(
+                    [sys.executable, "-c", BARE_APP, str(ports["bare"])],
+                    urls["bare"],
+                    env,
+                    Path(tmp) / "bare.log",
+                )
+            )
+        }
         for side, fast in (("fast", "true"), ("public", "false")):
             svc_env = {
                 **env,
-                "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(ports[side]),
+                "SERVICE_HTTP__HOST": "127.0.0.1",
+                "SERVICE_HTTP__PORT": str(ports[side]),
                 "SERVICE_HTTP__FAST_PATH": fast,
-                "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": "0",
-                "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+                "SERVICE_TCP__HOST": "127.0.0.1",
+                "SERVICE_TCP__PORT": "0",
+                "SERVICE_ADMIN__HOST": "127.0.0.1",
+                "SERVICE_ADMIN__PORT": "0",
                 "SERVICE_LOG__FORMAT": "json",
                 "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / f"{side}-events.jsonl"),
                 **(service_env or {}),
             }
-            procs[side] = stack.enter_context(_server(
-                [sys.executable, "-m", "service", "serve"], urls[side], svc_env,
-                Path(tmp) / f"{side}.log"))
+            procs[side] = stack.enter_context(
+                _server(
+                    [sys.executable, "-m", "service", "serve"],
+                    urls[side],
+                    svc_env,
+                    Path(tmp) / f"{side}.log",
+                )
+            )
         for side in SIDES:  # warm up (imports, first-request caches, CPU frequency)
             wrk(urls[side], 1)
         for i in range(pairs):
             # The order rotates too: the speed drifts within a round as well, and
             # a fixed order would hand it to one side.
-            for side in SIDES[i % 3:] + SIDES[:i % 3]:
+            for side in SIDES[i % 3 :] + SIDES[: i % 3]:
                 r, c = _run(urls[side], procs[side].pid, duration)
                 rps[side].append(r)
                 cpu[side].append(c)
@@ -132,11 +149,13 @@ def measure(duration: float, pairs: int = PAIRS,
         out[f"{side}_cpu_us"] = statistics.median(cpu[side])
     for side in ("fast", "public"):
         out[f"{side}_ratio"] = statistics.median(
-            s / b for s, b in zip(rps[side], rps["bare"], strict=True))
+            s / b for s, b in zip(rps[side], rps["bare"], strict=True)
+        )
         # CPU per request is less sensitive to other load on the machine than
         # throughput; its inverse ratio is what throughput would be alone.
         out[f"{side}_cpu_ratio"] = statistics.median(
-            b / s for s, b in zip(cpu[side], cpu["bare"], strict=True))
+            b / s for s, b in zip(cpu[side], cpu["bare"], strict=True)
+        )
     return out
 
 
@@ -145,22 +164,32 @@ def run(duration: float) -> list[dict[str, Any]]:
     # ratio taken between runs a second or two apart.
     m = measure(max(1.0, round(duration / 5)))
     rows = []
-    for side, label, target in (("fast", "fast path", ">= 0.90"),
-                                ("public", "public aiohttp API only", ">= 0.85")):
+    for side, label, target in (
+        ("fast", "fast path", ">= 0.90"),
+        ("public", "public aiohttp API only", ">= 0.85"),
+    ):
         ratios = sorted(s / b for s, b in zip(m[side], m["bare"], strict=True))
-        rows.append({
-            "name": f"HTTP GET /v1/info, full stack, {label} (wrk -t1 -c64, 1 core each)",
-            "value": m[f"{side}_median"], "unit": "req/s",
-            "baseline": "bare aiohttp JSON route", "baseline_value": m["bare_median"],
-            "ratio": m[f"{side}_ratio"], "target": target,
-            "note": f"median of {len(ratios)} rotating rounds' ratios (lowest {ratios[0]:.2f}, "
-                    f"quartiles {ratios[len(ratios) // 4]:.2f}-"
-                    f"{ratios[3 * len(ratios) // 4]:.2f}, highest {ratios[-1]:.2f}); server "
-                    f"CPU per request {m['bare_cpu_us']:.1f} us bare vs "
-                    f"{m[f'{side}_cpu_us']:.1f} us (pairwise ratio {m[f'{side}_cpu_ratio']:.2f})"
-                    + (f"; the service wrote {m['service_log_lines']:,} log lines"
-                       if side == "fast" else ""),
-        })
+        rows.append(
+            {
+                "name": f"HTTP GET /v1/info, full stack, {label} (wrk -t1 -c64, 1 core each)",
+                "value": m[f"{side}_median"],
+                "unit": "req/s",
+                "baseline": "bare aiohttp JSON route",
+                "baseline_value": m["bare_median"],
+                "ratio": m[f"{side}_ratio"],
+                "target": target,
+                "note": f"median of {len(ratios)} rotating rounds' ratios (lowest {ratios[0]:.2f}, "
+                f"quartiles {ratios[len(ratios) // 4]:.2f}-"
+                f"{ratios[3 * len(ratios) // 4]:.2f}, highest {ratios[-1]:.2f}); server "
+                f"CPU per request {m['bare_cpu_us']:.1f} us bare vs "
+                f"{m[f'{side}_cpu_us']:.1f} us (pairwise ratio {m[f'{side}_cpu_ratio']:.2f})"
+                + (
+                    f"; the service wrote {m['service_log_lines']:,} log lines"
+                    if side == "fast"
+                    else ""
+                ),
+            }
+        )
     return rows
 
 
@@ -170,5 +199,11 @@ if __name__ == "__main__":
     # python -m bench.bench_http [RUN_SECONDS [PAIRS [SERVICE_X=Y ...]]]: for profiling by hand.
     args = sys.argv[1:]
     extra = dict(a.split("=", 1) for a in args[2:])
-    print(json.dumps(measure(float(args[0]) if args else 2.0,
-                             int(args[1]) if len(args) > 1 else PAIRS, extra), indent=2))
+    print(
+        json.dumps(
+            measure(
+                float(args[0]) if args else 2.0, int(args[1]) if len(args) > 1 else PAIRS, extra
+            ),
+            indent=2,
+        )
+    )

@@ -148,10 +148,17 @@ def _server(source: str | None, env: dict[str, str] | None = None) -> Iterator[i
     if source is None:
         cmd = [sys.executable, "-m", "service", "serve"]
         tmp = tempfile.mkdtemp(prefix="bench-loadtest-")
-        env = {**os.environ, "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": "0",
-               "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(port),
-               "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
-               "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / "events.jsonl"), **(env or {})}
+        env = {
+            **os.environ,
+            "SERVICE_HTTP__HOST": "127.0.0.1",
+            "SERVICE_HTTP__PORT": "0",
+            "SERVICE_TCP__HOST": "127.0.0.1",
+            "SERVICE_TCP__PORT": str(port),
+            "SERVICE_ADMIN__HOST": "127.0.0.1",
+            "SERVICE_ADMIN__PORT": "0",
+            "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / "events.jsonl"),
+            **(env or {}),
+        }
     else:
         cmd = [sys.executable, "-c", source, str(port)]
     proc = subprocess.Popen([*_pin(0), *cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
@@ -177,22 +184,38 @@ def _server(source: str | None, env: dict[str, str] | None = None) -> Iterator[i
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wrk_cmd(url: str, seconds: int, connections: int = HTTP_CONNECTIONS,
-             pin: bool = True) -> list[str]:
-    return [*(_pin(1) if pin else []), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-            "--latency", url]
+def _wrk_cmd(
+    url: str, seconds: int, connections: int = HTTP_CONNECTIONS, pin: bool = True
+) -> list[str]:
+    return [
+        *(_pin(1) if pin else []),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
 
 
-def _wrk(url: str, seconds: int, connections: int = HTTP_CONNECTIONS,
-         pin: bool = True) -> dict[str, float]:
-    out = subprocess.run(_wrk_cmd(url, seconds, connections, pin), check=True,
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
+def _wrk(
+    url: str, seconds: int, connections: int = HTTP_CONNECTIONS, pin: bool = True
+) -> dict[str, float]:
+    out = subprocess.run(
+        _wrk_cmd(url, seconds, connections, pin),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     return _parse_wrk(out)
 
 
 def _parse_wrk(out: str) -> dict[str, float]:
-    result = {f"p{m[1]}": float(m[2]) * UNITS_US[m[3]]
-              for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    result = {
+        f"p{m[1]}": float(m[2]) * UNITS_US[m[3]]
+        for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    }
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None or len(result) != 3:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
@@ -201,13 +224,29 @@ def _parse_wrk(out: str) -> dict[str, float]:
 
 
 def _ours_cmd(args: list[str], seconds: int, pin: bool = True) -> list[str]:
-    return [*(_pin(1) if pin else []), sys.executable, "-m", "service", "loadtest", *args,
-            "-d", str(seconds), "--json", "-"]
+    return [
+        *(_pin(1) if pin else []),
+        sys.executable,
+        "-m",
+        "service",
+        "loadtest",
+        *args,
+        "-d",
+        str(seconds),
+        "--json",
+        "-",
+    ]
 
 
 def _ours(args: list[str], seconds: int) -> dict[str, float]:
-    out = subprocess.run(_ours_cmd(args, seconds), check=True, capture_output=True,
-                         text=True, timeout=seconds + 60, cwd=ROOT).stdout
+    out = subprocess.run(
+        _ours_cmd(args, seconds),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        cwd=ROOT,
+    ).stdout
     return _parse_ours(out)
 
 
@@ -219,7 +258,10 @@ def _side_by_side(url: str, seconds: int) -> tuple[dict[str, float], dict[str, f
     """
     ours = subprocess.Popen(
         _ours_cmd(["http", url, "-c", str(STEADY_CONNECTIONS)], seconds, pin=False),
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         time.sleep(0.3)
         wrk = _wrk(url, seconds, STEADY_CONNECTIONS, pin=False)
@@ -239,13 +281,17 @@ def _parse_ours(out: str) -> dict[str, float]:
     # wrk's --latency percentiles are coordinated-omission corrected (closed loop):
     # the like-for-like figures are ours corrected the same way; raw ones kept as raw_*.
     corrected = report["latency_ms_co_corrected"] or lat
-    return {"rps": report["requests_per_second"], "errors": report["errors"],
-            **{k: corrected[k] * 1000 for k in ("p50", "p90", "p99")},
-            **{f"raw_{k}": lat[k] * 1000 for k in ("p50", "p90", "p99")}}
+    return {
+        "rps": report["requests_per_second"],
+        "errors": report["errors"],
+        **{k: corrected[k] * 1000 for k in ("p50", "p90", "p99")},
+        **{f"raw_{k}": lat[k] * 1000 for k in ("p50", "p90", "p99")},
+    }
 
 
-def _sandwich(ours: Any, theirs: Any) -> tuple[list[dict[str, float]], list[dict[str, float]],
-                                              list[dict[str, float]]]:
+def _sandwich(
+    ours: Any, theirs: Any
+) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
     """ROUNDS rounds of theirs, ours, theirs: ours and the baseline runs around it."""
     runs_ours, before, after = [], [], []
     for _ in range(ROUNDS):
@@ -255,15 +301,16 @@ def _sandwich(ours: Any, theirs: Any) -> tuple[list[dict[str, float]], list[dict
     return runs_ours, before, after
 
 
-def _geomean(before: list[dict[str, float]],
-             after: list[dict[str, float]]) -> list[dict[str, float]]:
+def _geomean(
+    before: list[dict[str, float]], after: list[dict[str, float]]
+) -> list[dict[str, float]]:
     """Per round, the geometric mean of each figure of the two baseline runs."""
     return [{k: (b[k] * a[k]) ** 0.5 for k in b} for b, a in zip(before, after, strict=True)]
 
 
-def _chain(ours: Any, theirs: Any, rounds: int) -> tuple[list[dict[str, float]],
-                                                       list[dict[str, float]],
-                                                       list[dict[str, float]]]:
+def _chain(
+    ours: Any, theirs: Any, rounds: int
+) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
     """theirs, ours, theirs, ours, ..., theirs: each run of ours between two baseline runs.
 
     Like :func:`_sandwich` with the baseline runs shared by neighbours: one
@@ -281,15 +328,22 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def _ratios(ours: list[dict[str, float]], base: list[dict[str, float]],
-            key: str) -> list[float]:
+def _ratios(ours: list[dict[str, float]], base: list[dict[str, float]], key: str) -> list[float]:
     """Per round (or turn), ours over the baseline's, where the baseline has a value."""
     return [o[key] / b[key] for o, b in zip(ours, base, strict=True) if b[key]]
 
 
-def _row(name: str, ours: list[dict[str, float]], key: str, unit: str, baseline: str,
-         base: list[dict[str, float]], target: str | None, note: str,
-         each: str = "round") -> dict[str, Any]:
+def _row(
+    name: str,
+    ours: list[dict[str, float]],
+    key: str,
+    unit: str,
+    baseline: str,
+    base: list[dict[str, float]],
+    target: str | None,
+    note: str,
+    each: str = "round",
+) -> dict[str, Any]:
     """Medians of both sides; the ratio is the median of the per-round ratios.
 
     Each round's two runs are seconds apart, so their ratio cancels the slow
@@ -298,14 +352,22 @@ def _row(name: str, ours: list[dict[str, float]], key: str, unit: str, baseline:
     ratios = _ratios(ours, base, key)
     if len(ratios) > 8:
         q = sorted(ratios)
-        spread = (f"per-{each} ratios from {q[0]:.2f} to {q[-1]:.2f}, quartiles "
-                  f"{q[len(q) // 4]:.2f}-{q[3 * len(q) // 4]:.2f}")
+        spread = (
+            f"per-{each} ratios from {q[0]:.2f} to {q[-1]:.2f}, quartiles "
+            f"{q[len(q) // 4]:.2f}-{q[3 * len(q) // 4]:.2f}"
+        )
     else:
         spread = f"per-{each} ratios " + " ".join(f"{r:.2f}" for r in ratios)
-    return {"name": name, "value": _median(ours, key), "unit": unit, "baseline": baseline,
-            "baseline_value": _median(base, key),
-            "ratio": statistics.median(ratios) if ratios else None, "target": target,
-            "note": f"{note}; {spread}"}
+    return {
+        "name": name,
+        "value": _median(ours, key),
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": _median(base, key),
+        "ratio": statistics.median(ratios) if ratios else None,
+        "target": target,
+        "note": f"{note}; {spread}",
+    }
 
 
 def http_rows(seconds: int) -> list[dict[str, Any]]:
@@ -318,46 +380,101 @@ def http_rows(seconds: int) -> list[dict[str, Any]]:
         answer = _response_bytes(url)
         wrk = _wrk_turns(url)
         interleaved = _interleaved_row(
-            _ours_turns(["http", url, "-c", str(HTTP_CONNECTIONS)]), wrk, answer,
-            "loadtest http vs wrk, interleaved (bare aiohttp, c64)", "req/s", ">= 0.90")
+            _ours_turns(["http", url, "-c", str(HTTP_CONNECTIONS)]),
+            wrk,
+            answer,
+            "loadtest http vs wrk, interleaved (bare aiohttp, c64)",
+            "req/s",
+            ">= 0.90",
+        )
         floor = _interleaved_row(
-            wrk, wrk, answer,
-            "wrk vs wrk, interleaved (the method's noise floor, bare aiohttp)", "req/s", None)
+            wrk,
+            wrk,
+            answer,
+            "wrk vs wrk, interleaved (the method's noise floor, bare aiohttp)",
+            "req/s",
+            None,
+        )
         ours_runs, before, after = _sandwich(
             lambda: _ours(["http", url, "-c", str(HTTP_CONNECTIONS)], seconds),
-            lambda: _wrk(url, seconds))
+            lambda: _wrk(url, seconds),
+        )
     wrk_runs = _geomean(before, after)
-    note = (f"{ROUNDS} rounds of wrk, ours, wrk ({seconds}s runs; baseline: geometric mean of "
-            f"the two wrk runs), server core 0, clients core 1")
-    rows = [interleaved, floor,
-            _row("loadtest http vs wrk, separate runs (bare aiohttp, c64)", ours_runs, "rps",
-                 "req/s", "wrk", wrk_runs, None, note)]
+    note = (
+        f"{ROUNDS} rounds of wrk, ours, wrk ({seconds}s runs; baseline: geometric mean of "
+        f"the two wrk runs), server core 0, clients core 1"
+    )
+    rows = [
+        interleaved,
+        floor,
+        _row(
+            "loadtest http vs wrk, separate runs (bare aiohttp, c64)",
+            ours_runs,
+            "rps",
+            "req/s",
+            "wrk",
+            wrk_runs,
+            None,
+            note,
+        ),
+    ]
     for p in ("p50", "p90", "p99"):
         raw = f"raw (uncorrected) median {_median(ours_runs, f'raw_{p}'):,.0f} us"
         # No target: against a saturated server, wrk's own percentiles move from run to
         # run by more than 10% (the noise-floor row below); the issue's check is on a
         # steady target, the side-by-side rows.
-        rows.append(_row(f"loadtest http {p} latency vs wrk, saturated, separate runs (both "
-                         f"CO-corrected as wrk does)", ours_runs, p, "us", "wrk", wrk_runs, None,
-                         f"{note}; {raw}"))
-    spread = [max(b["p99"], a["p99"]) / min(b["p99"], a["p99"])
-              for b, a in zip(before, after, strict=True)]
-    rows.append({"name": "wrk p99 vs wrk p99, same round (noise floor)",
-                 "value": _median(before + after, "p99"), "unit": "us", "baseline": None,
-                 "baseline_value": None, "ratio": statistics.median(spread), "target": None,
-                 "note": "max/min of the two wrk runs of each round: "
-                         + " ".join(f"{r:.2f}" for r in spread)})
+        rows.append(
+            _row(
+                f"loadtest http {p} latency vs wrk, saturated, separate runs (both "
+                f"CO-corrected as wrk does)",
+                ours_runs,
+                p,
+                "us",
+                "wrk",
+                wrk_runs,
+                None,
+                f"{note}; {raw}",
+            )
+        )
+    spread = [
+        max(b["p99"], a["p99"]) / min(b["p99"], a["p99"])
+        for b, a in zip(before, after, strict=True)
+    ]
+    rows.append(
+        {
+            "name": "wrk p99 vs wrk p99, same round (noise floor)",
+            "value": _median(before + after, "p99"),
+            "unit": "us",
+            "baseline": None,
+            "baseline_value": None,
+            "ratio": statistics.median(spread),
+            "target": None,
+            "note": "max/min of the two wrk runs of each round: "
+            + " ".join(f"{r:.2f}" for r in spread),
+        }
+    )
     with _server(STEADY_HTTP) as port:
         url = f"http://127.0.0.1:{port}/"
         _wrk(url, 1, STEADY_CONNECTIONS)
         pairs = [_side_by_side(url, seconds) for _ in range(STEADY_ROUNDS)]
     ours_steady, wrk_steady = [o for o, _ in pairs], [w for _, w in pairs]
-    note = (f"{STEADY_ROUNDS} rounds, both clients at once ({seconds}s, c{STEADY_CONNECTIONS} "
-            f"each, not pinned) on a target answering after 10 ms (core 0)")
+    note = (
+        f"{STEADY_ROUNDS} rounds, both clients at once ({seconds}s, c{STEADY_CONNECTIONS} "
+        f"each, not pinned) on a target answering after 10 ms (core 0)"
+    )
     for p in ("p50", "p90", "p99"):
-        rows.append(_row(f"loadtest http {p} vs wrk side by side, steady 10 ms target "
-                         f"(CO-corrected as wrk)", ours_steady, p, "us", "wrk", wrk_steady,
-                         "0.90-1.10", note))
+        rows.append(
+            _row(
+                f"loadtest http {p} vs wrk side by side, steady 10 ms target (CO-corrected as wrk)",
+                ours_steady,
+                p,
+                "us",
+                "wrk",
+                wrk_steady,
+                "0.90-1.10",
+                note,
+            )
+        )
     return rows
 
 
@@ -366,8 +483,9 @@ def _c_client() -> Path | None:
     if cc is None:
         return None
     exe = Path(tempfile.gettempdir()) / f"loadtest-pingclient-{os.getuid()}"
-    subprocess.run([cc, "-O2", "-o", str(exe), str(ROOT / "bench/loadtest_ref/pingclient.c")],
-                   check=True)
+    subprocess.run(
+        [cc, "-O2", "-o", str(exe), str(ROOT / "bench/loadtest_ref/pingclient.c")], check=True
+    )
     return exe
 
 
@@ -376,16 +494,16 @@ def _c_cmd(exe: Path, port: int, seconds: int) -> list[str]:
 
 
 def _c_ping(exe: Path, port: int, seconds: int) -> dict[str, float]:
-    out = subprocess.run(_c_cmd(exe, port, seconds), check=True, capture_output=True, text=True,
-                         timeout=seconds + 30).stdout.split()
+    out = subprocess.run(
+        _c_cmd(exe, port, seconds), check=True, capture_output=True, text=True, timeout=seconds + 30
+    ).stdout.split()
     return {"rps": int(out[0]) / float(out[1])}
 
 
 def _io(pid: int, field: str) -> int:
     """A counter of Linux's ``/proc/PID/io``: ``rchar``, all bytes ``pid`` got from
     read-like syscalls, or ``wchar``, all it handed to write-like ones."""
-    return int(re.search(rf"^{field}: (\d+)", Path(f"/proc/{pid}/io").read_text(),
-                         re.M)[1])  # type: ignore[index]
+    return int(re.search(rf"^{field}: (\d+)", Path(f"/proc/{pid}/io").read_text(), re.M)[1])  # type: ignore[index]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -412,8 +530,9 @@ def _check_ours(out: str, seen: int) -> int:
         raise RuntimeError(f"service loadtest reported errors: {report['error_kinds']}")
     # Its window holds every turn: it cannot have counted fewer than the meter saw.
     if report["requests"] < seen:
-        raise RuntimeError(f"service loadtest counted {report['requests']} answers, "
-                           f"its turns alone read {seen}")
+        raise RuntimeError(
+            f"service loadtest counted {report['requests']} answers, its turns alone read {seen}"
+        )
     return int(report["requests"])
 
 
@@ -449,8 +568,9 @@ def _response_bytes(url: str) -> int:
         return len(head) + 4 + length
 
 
-def _interleaved(first: _Turns, second: _Turns, answer_bytes: int,
-                 seconds: float) -> tuple[list[float], list[float], list[int | None]]:
+def _interleaved(
+    first: _Turns, second: _Turns, answer_bytes: int, seconds: float
+) -> tuple[list[float], list[float], list[int | None]]:
     """Two clients on core 1 at once, taking turns of SLICE seconds; one meter for both.
 
     Both are started (and left to reach their steady state), then only one
@@ -508,25 +628,44 @@ def _interleaved(first: _Turns, second: _Turns, answer_bytes: int,
     return rates[0], rates[1], own
 
 
-def _interleaved_row(first: _Turns, second: _Turns, answer_bytes: int, name: str, unit: str,
-                     target: str | None) -> dict[str, Any]:
+def _interleaved_row(
+    first: _Turns, second: _Turns, answer_bytes: int, name: str, unit: str, target: str | None
+) -> dict[str, Any]:
     ours, theirs, own = _interleaved(first, second, answer_bytes, INTERLEAVED_SECONDS)
-    counts = "; ".join(f"{c.name} reported {n:,} answers and no errors"
-                       for c, n in zip((first, second), own, strict=True) if n is not None)
+    counts = "; ".join(
+        f"{c.name} reported {n:,} answers and no errors"
+        for c, n in zip((first, second), own, strict=True)
+        if n is not None
+    )
     mine = [{"rps": r} for r in ours]
     around = _geomean([{"rps": r} for r in theirs[:-1]], [{"rps": r} for r in theirs[1:]])
     ratios = _ratios(mine, around, "rps")
     third = len(ratios) // 3
-    thirds = " ".join(f"{statistics.median(ratios[i * third:(i + 1) * third]):.2f}"
-                      for i in range(3)) if third else "-"
-    return _row(name, mine, "rps", unit, second.name, around, target,
-                f"{len(ours)} turns of {SLICE}s each, both clients running on core 1 and one "
-                f"SIGSTOPped while the other runs; answers counted for both from /proc/PID/io "
-                f"({answer_bytes} bytes each); ratio: the median over the turns of "
-                f"{first.name} of its rate over the geometric mean of the {second.name} turns "
-                f"either side (medians of the run's thirds: {thirds})"
-                + (f"; {counts} (more than their turns read: they also ran before and after "
-                   f"the turns)" if counts else ""), "turn")
+    thirds = (
+        " ".join(f"{statistics.median(ratios[i * third : (i + 1) * third]):.2f}" for i in range(3))
+        if third
+        else "-"
+    )
+    return _row(
+        name,
+        mine,
+        "rps",
+        unit,
+        second.name,
+        around,
+        target,
+        f"{len(ours)} turns of {SLICE}s each, both clients running on core 1 and one "
+        f"SIGSTOPped while the other runs; answers counted for both from /proc/PID/io "
+        f"({answer_bytes} bytes each); ratio: the median over the turns of "
+        f"{first.name} of its rate over the geometric mean of the {second.name} turns "
+        f"either side (medians of the run's thirds: {thirds})"
+        + (
+            f"; {counts} (more than their turns read: they also ran before and after the turns)"
+            if counts
+            else ""
+        ),
+        "turn",
+    )
 
 
 def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
@@ -535,34 +674,78 @@ def tcp_rows(seconds: int, runs: int = TCP_RUNS) -> list[dict[str, Any]]:
     with _server(None) as port:
         if exe is not None:
             # The issue's check: interleaved turns, which cancel the machine's drift.
-            ping = _ours_turns(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",
-                                "-c", str(TCP_CONNECTIONS)])
+            ping = _ours_turns(
+                ["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping", "-c", str(TCP_CONNECTIONS)]
+            )
             c = _c_turns(exe, port)
-            rows.append(_interleaved_row(
-                ping, c, len(b"PONG\n"), "loadtest tcp-ping vs C epoll client, interleaved "
-                "(the service's TCP core, c32)", "rt/s", ">= 0.90"))
-            rows.append(_interleaved_row(
-                c, c, len(b"PONG\n"), "C client vs C client, interleaved (the method's "
-                "noise floor, TCP core)", "rt/s", None))
+            rows.append(
+                _interleaved_row(
+                    ping,
+                    c,
+                    len(b"PONG\n"),
+                    "loadtest tcp-ping vs C epoll client, interleaved "
+                    "(the service's TCP core, c32)",
+                    "rt/s",
+                    ">= 0.90",
+                )
+            )
+            rows.append(
+                _interleaved_row(
+                    c,
+                    c,
+                    len(b"PONG\n"),
+                    "C client vs C client, interleaved (the method's noise floor, TCP core)",
+                    "rt/s",
+                    None,
+                )
+            )
     # Separate runs as a user makes them: the drift between runs shows in each ratio.
-    for label, source, n in (("the service's TCP core", None, runs),
-                             ("bare uvloop PONG", BARE_PONG, max(1, 2 * runs // 3))):
+    for label, source, n in (
+        ("the service's TCP core", None, runs),
+        ("bare uvloop PONG", BARE_PONG, max(1, 2 * runs // 3)),
+    ):
         with _server(source) as port:
-            ours = lambda: _ours(["tcp", f"127.0.0.1:{port}", "-s", "tcp-ping",  # noqa: E731
-                                  "-c", str(TCP_CONNECTIONS)], seconds)
+            ours = lambda: _ours(  # noqa: E731
+                [
+                    "tcp",
+                    f"127.0.0.1:{port}",
+                    "-s",
+                    "tcp-ping",
+                    "-c",
+                    str(TCP_CONNECTIONS),
+                ],
+                seconds,
+            )
             if exe is None:
                 alone = [ours() for _ in range(n)]
-                rows.append({"name": f"loadtest tcp-ping ({label}, c32)",
-                             "value": _median(alone, "rps"), "unit": "rt/s", "baseline": None,
-                             "baseline_value": None, "ratio": None, "target": None,
-                             "note": "no C compiler: no reference client"})
+                rows.append(
+                    {
+                        "name": f"loadtest tcp-ping ({label}, c32)",
+                        "value": _median(alone, "rps"),
+                        "unit": "rt/s",
+                        "baseline": None,
+                        "baseline_value": None,
+                        "ratio": None,
+                        "target": None,
+                        "note": "no C compiler: no reference client",
+                    }
+                )
                 continue
             ours_runs, before, after = _chain(ours, lambda: _c_ping(exe, port, seconds), n)
             c_runs = _geomean(before, after)
-        rows.append(_row(f"loadtest tcp-ping vs C epoll client, separate runs ({label}, c32)",
-                         ours_runs, "rps", "rt/s", "C client", c_runs, None,
-                         f"{n} runs of {seconds}s, each between two C runs (baseline: their "
-                         f"geometric mean); ratio: the median of the {n} runs' ratios"))
+        rows.append(
+            _row(
+                f"loadtest tcp-ping vs C epoll client, separate runs ({label}, c32)",
+                ours_runs,
+                "rps",
+                "rt/s",
+                "C client",
+                c_runs,
+                None,
+                f"{n} runs of {seconds}s, each between two C runs (baseline: their "
+                f"geometric mean); ratio: the median of the {n} runs' ratios",
+            )
+        )
     return rows
 
 

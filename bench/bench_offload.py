@@ -42,8 +42,11 @@ BODY = '{"data": "correct horse battery staple"}'
 
 def _lag_buckets(proc: ServiceProcess) -> dict[float, float]:
     prefix = f'{LAG}{{le="'
-    return {float(k[len(prefix):-2]): v for k, v in scrape(proc.url("/metrics", "admin")).items()
-            if k.startswith(prefix)}
+    return {
+        float(k[len(prefix) : -2]): v
+        for k, v in scrape(proc.url("/metrics", "admin")).items()
+        if k.startswith(prefix)
+    }
 
 
 def _lag_p99(before: dict[float, float], after: dict[float, float]) -> float:
@@ -80,16 +83,31 @@ def _drive(proc: ServiceProcess, path: str, seconds: float, script: Path) -> dic
     prober.start()
     try:
         out = subprocess.run(
-            [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "30s", "-s",
-             str(script), proc.url(path)],
-            capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+            [
+                wrk,
+                "-t1",
+                f"-c{CONNECTIONS}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                proc.url(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         stop.set()
         prober.join(30)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return {"lag_p99_ms": _lag_p99(before, _lag_buckets(proc)) * 1000,
-            "livez_p99_ms": _p99(latencies) * 1000,
-            "rps": float(rate.group(1)) if rate else 0.0}
+    return {
+        "lag_p99_ms": _lag_p99(before, _lag_buckets(proc)) * 1000,
+        "livez_p99_ms": _p99(latencies) * 1000,
+        "rps": float(rate.group(1)) if rate else 0.0,
+    }
 
 
 def _bare_scrypt_rate(seconds: float) -> float:
@@ -99,8 +117,15 @@ def _bare_scrypt_rate(seconds: float) -> float:
 
     def work(i: int) -> None:
         while time.monotonic() < deadline:
-            hashlib.scrypt(b"correct horse battery staple", salt=DEFAULT_SALT, n=COST,
-                           r=SCRYPT_R, p=SCRYPT_P, maxmem=129 * SCRYPT_R * COST, dklen=32)
+            hashlib.scrypt(
+                b"correct horse battery staple",
+                salt=DEFAULT_SALT,
+                n=COST,
+                r=SCRYPT_R,
+                p=SCRYPT_P,
+                maxmem=129 * SCRYPT_R * COST,
+                dklen=32,
+            )
             done[i] += 1
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(WORKERS)]
@@ -112,39 +137,63 @@ def _bare_scrypt_rate(seconds: float) -> float:
 
 
 def run(duration: float) -> list[dict[str, Any]]:
-    env = {**service_env(), "SERVICE_OFFLOAD__CPU_WORKERS": str(WORKERS),
-           "SERVICE_OFFLOAD__HASH_COST": str(COST),
-           "SERVICE_METRICS__LOOP_LAG_INTERVAL": "0.01", "SERVICE_LOG__ACCESS_LOG": "false"}
+    env = {
+        **service_env(),
+        "SERVICE_OFFLOAD__CPU_WORKERS": str(WORKERS),
+        "SERVICE_OFFLOAD__HASH_COST": str(COST),
+        "SERVICE_METRICS__LOOP_LAG_INTERVAL": "0.01",
+        "SERVICE_LOG__ACCESS_LOG": "false",
+    }
     proc = ServiceProcess([], env=env, module="tests.apps.offload_app").start()
     try:
         proc.wait_listening()
         with tempfile.TemporaryDirectory() as tmp:
             script = Path(tmp) / "post.lua"
-            script.write_text('wrk.method = "POST"\n'
-                              'wrk.headers["Content-Type"] = "application/json"\n'
-                              f"wrk.body = '{BODY}'\n")
+            script.write_text(
+                'wrk.method = "POST"\n'
+                'wrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = '{BODY}'\n"
+            )
             offloaded = _drive(proc, "/v1/hash", duration, script)
             inline = _drive(proc, "/test/hash-inline", duration, script)
     finally:
         proc.stop()
     bare = _bare_scrypt_rate(duration)
-    note = f"{WORKERS} CPU workers, scrypt n={COST}, wrk -c{CONNECTIONS}; lag buckets " \
-           f"{', '.join(f'{b * 1000:g}' for b in LAG_BUCKETS[:8])} ms"
+    note = (
+        f"{WORKERS} CPU workers, scrypt n={COST}, wrk -c{CONNECTIONS}; lag buckets "
+        f"{', '.join(f'{b * 1000:g}' for b in LAG_BUCKETS[:8])} ms"
+    )
     return [
-        {"name": "loop lag p99 under POST /v1/hash load", "value": offloaded["lag_p99_ms"],
-         "unit": "ms", "baseline": "same work inline on the loop",
-         "baseline_value": inline["lag_p99_ms"],
-         "ratio": offloaded["lag_p99_ms"] / inline["lag_p99_ms"], "target": "< 10 ms",
-         "note": note},
-        {"name": "GET /livez p99 under POST /v1/hash load", "value": offloaded["livez_p99_ms"],
-         "unit": "ms", "baseline": "same work inline on the loop",
-         "baseline_value": inline["livez_p99_ms"],
-         "ratio": offloaded["livez_p99_ms"] / inline["livez_p99_ms"], "target": "< 20 ms",
-         "note": note},
-        {"name": "POST /v1/hash throughput", "value": offloaded["rps"], "unit": "req/s",
-         "baseline": f"hashlib.scrypt in {WORKERS} bare threads", "baseline_value": bare,
-         "ratio": offloaded["rps"] / bare if bare else None, "target": "~1.0",
-         "note": "the executor adds HTTP and scheduling, not contention"},
+        {
+            "name": "loop lag p99 under POST /v1/hash load",
+            "value": offloaded["lag_p99_ms"],
+            "unit": "ms",
+            "baseline": "same work inline on the loop",
+            "baseline_value": inline["lag_p99_ms"],
+            "ratio": offloaded["lag_p99_ms"] / inline["lag_p99_ms"],
+            "target": "< 10 ms",
+            "note": note,
+        },
+        {
+            "name": "GET /livez p99 under POST /v1/hash load",
+            "value": offloaded["livez_p99_ms"],
+            "unit": "ms",
+            "baseline": "same work inline on the loop",
+            "baseline_value": inline["livez_p99_ms"],
+            "ratio": offloaded["livez_p99_ms"] / inline["livez_p99_ms"],
+            "target": "< 20 ms",
+            "note": note,
+        },
+        {
+            "name": "POST /v1/hash throughput",
+            "value": offloaded["rps"],
+            "unit": "req/s",
+            "baseline": f"hashlib.scrypt in {WORKERS} bare threads",
+            "baseline_value": bare,
+            "ratio": offloaded["rps"] / bare if bare else None,
+            "target": "~1.0",
+            "note": "the executor adds HTTP and scheduling, not contention",
+        },
     ]
 
 

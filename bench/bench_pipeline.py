@@ -192,12 +192,31 @@ def _wait_idle(admin_port: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _drive(mode: str, port: int, admin_port: int, pid: int, conns: int, per_send: int,
-           duration: float, warmup: float = 1.0) -> dict[str, Any]:
+def _drive(
+    mode: str,
+    port: int,
+    admin_port: int,
+    pid: int,
+    conns: int,
+    per_send: int,
+    duration: float,
+    warmup: float = 1.0,
+) -> dict[str, Any]:
     """One load run; events delivered to the sink per second over the measured window."""
     _wait_idle(admin_port)
-    cmd = [*_pin(1), sys.executable, "-c", CLIENT, mode, "127.0.0.1", str(port), str(conns),
-           str(per_send), str(warmup), str(duration)]
+    cmd = [
+        *_pin(1),
+        sys.executable,
+        "-c",
+        CLIENT,
+        mode,
+        "127.0.0.1",
+        str(port),
+        str(conns),
+        str(per_send),
+        str(warmup),
+        str(duration),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "start":
@@ -223,9 +242,23 @@ def users_stub() -> Iterator[dict[str, str]]:
     """
     port = _free_port()
     stub = subprocess.Popen(
-        [*_pin(1), sys.executable, "-m", "service", "stub", "--name", "users", "--port",
-         str(port), "--host", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        [
+            *_pin(1),
+            sys.executable,
+            "-m",
+            "service",
+            "stub",
+            "--name",
+            "users",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -248,31 +281,49 @@ def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
     pings: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, users_stub() as users:
         env = {
-            **os.environ, "PYTHONUNBUFFERED": "1", **users,
-            "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(http_port),
-            "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(tcp_port),
-            "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": str(admin_port),
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            **users,
+            "SERVICE_HTTP__HOST": "127.0.0.1",
+            "SERVICE_HTTP__PORT": str(http_port),
+            "SERVICE_TCP__HOST": "127.0.0.1",
+            "SERVICE_TCP__PORT": str(tcp_port),
+            "SERVICE_ADMIN__HOST": "127.0.0.1",
+            "SERVICE_ADMIN__PORT": str(admin_port),
             "SERVICE_LOG__FORMAT": "json",
             "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / "events.jsonl"),
         }
         log_path = Path(tmp) / "service.log"
         with log_path.open("wb") as out:
-            svc = subprocess.Popen([*_pin(0), sys.executable, "-m", "service", "serve"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            svc = subprocess.Popen(
+                [*_pin(0), sys.executable, "-m", "service", "serve"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
             try:
                 _wait_pong(tcp_port, svc)
                 for _ in range(rounds):  # alternate, so a noisy neighbour hits all alike
                     runs["http"].append(
-                        _drive("http", http_port, admin_port, svc.pid, 8, 100, duration))
+                        _drive("http", http_port, admin_port, svc.pid, 8, 100, duration)
+                    )
                     runs["tcp"].append(
-                        _drive("tcp", tcp_port, admin_port, svc.pid, 16, 64, duration))
+                        _drive("tcp", tcp_port, admin_port, svc.pid, 16, 64, duration)
+                    )
                     _wait_idle(admin_port)
                     pings.append(ping_load(tcp_port, duration)[0])
             finally:
                 code, summary = stop_service(svc, log_path)
         lines = sum(1 for _ in (Path(tmp) / "events.jsonl").open("rb"))
-    return {"runs": runs, "pings": pings, "ping_median": statistics.median(pings),
-            "exit_code": code, "summary": summary, "sink_lines": lines}
+    return {
+        "runs": runs,
+        "pings": pings,
+        "ping_median": statistics.median(pings),
+        "exit_code": code,
+        "summary": summary,
+        "sink_lines": lines,
+    }
 
 
 def _row(name: str, mode: str, m: dict[str, Any], what: str) -> dict[str, Any]:
@@ -280,36 +331,47 @@ def _row(name: str, mode: str, m: dict[str, Any], what: str) -> dict[str, Any]:
     rate = statistics.median(r["delivered_per_s"] for r in runs)
     p99 = statistics.median(r["p99"] for r in runs) * 1000
     p50 = statistics.median(r["p50"] for r in runs) * 1000
-    refused = sum(v for r in runs for k, v in r["statuses"].items()
-                  if k not in ("202", "OK", "window"))
+    refused = sum(
+        v for r in runs for k, v in r["statuses"].items() if k not in ("202", "OK", "window")
+    )
     s = m["summary"]
     per_run = ", ".join(f"{r['delivered_per_s']:,.0f}" for r in runs)
     cpu_us = statistics.median(r["cpu_us_per_event"] for r in runs)
     return {
-        "name": name, "value": rate, "unit": "events/s",
-        "baseline": "TCP PING round trips, same service", "baseline_value": m["ping_median"],
-        "ratio": rate / m["ping_median"], "target": f">= {TARGET:,} events/s",
+        "name": name,
+        "value": rate,
+        "unit": "events/s",
+        "baseline": "TCP PING round trips, same service",
+        "baseline_value": m["ping_median"],
+        "ratio": rate / m["ping_median"],
+        "target": f">= {TARGET:,} events/s",
         "note": f"median of {len(runs)} runs ({per_run} delivered/s); service CPU "
-                f"{cpu_us:.1f} us/event (one free core: {1e6 / cpu_us:,.0f} events/s); "
-                f"ack latency {what}: "
-                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms; refused answers {refused}; shutdown: "
-                f"exit {m['exit_code']}, accepted {s.get('accepted')}, delivered "
-                f"{s.get('delivered')}, dropped {s.get('dropped')}, sink lines {m['sink_lines']}",
+        f"{cpu_us:.1f} us/event (one free core: {1e6 / cpu_us:,.0f} events/s); "
+        f"ack latency {what}: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms; refused answers {refused}; shutdown: "
+        f"exit {m['exit_code']}, accepted {s.get('accepted')}, delivered "
+        f"{s.get('delivered')}, dropped {s.get('dropped')}, sink lines {m['sink_lines']}",
     }
 
 
 def run(duration: float) -> list[dict[str, Any]]:
     m = measure(duration)
     return [
-        _row("pipeline end to end: HTTP batches of 100 (8 connections)", "http", m,
-             "per request"),
-        _row("pipeline end to end: TCP event lines (16 connections, windows of 64)", "tcp", m,
-             "per window of 64"),
+        _row("pipeline end to end: HTTP batches of 100 (8 connections)", "http", m, "per request"),
+        _row(
+            "pipeline end to end: TCP event lines (16 connections, windows of 64)",
+            "tcp",
+            m,
+            "per window of 64",
+        ),
     ]
 
 
 if __name__ == "__main__":
     # python bench/bench_pipeline.py [DURATION [ROUNDS]]: by hand, under flock.
     args = sys.argv[1:]
-    print(json.dumps(measure(float(args[0]) if args else 3.0,
-                             int(args[1]) if len(args) > 1 else 1), indent=2))
+    print(
+        json.dumps(
+            measure(float(args[0]) if args else 3.0, int(args[1]) if len(args) > 1 else 1), indent=2
+        )
+    )

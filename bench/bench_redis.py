@@ -66,8 +66,19 @@ def _drive(mode: str, ports: dict[str, int], duration: float) -> float:
     """One load run; events delivered to the sink per second over the measured window."""
     _wait_idle(ports["admin"])
     conns, per_send = LOADS[mode]
-    cmd = [*_pin(1), sys.executable, "-c", CLIENT, mode, "127.0.0.1", str(ports[mode]),
-           str(conns), str(per_send), "1.0", str(duration)]
+    cmd = [
+        *_pin(1),
+        sys.executable,
+        "-c",
+        CLIENT,
+        mode,
+        "127.0.0.1",
+        str(ports[mode]),
+        str(conns),
+        str(per_send),
+        "1.0",
+        str(duration),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "start":
@@ -81,8 +92,7 @@ def _drive(mode: str, ports: dict[str, int], duration: float) -> float:
 
 def _redis_cli(port: int, *args: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall((f"*{len(args)}\r\n" + "".join(
-            f"${len(a)}\r\n{a}\r\n" for a in args)).encode())
+        s.sendall((f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)).encode())
         return s.recv(4096).decode()
 
 
@@ -92,11 +102,28 @@ def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     proc = subprocess.Popen(
-        [*_pin(1), binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-         # Not redis.log: that is the log of the service named "redis" (_start_service).
-         "--logfile", str(directory / "redis-server.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            *_pin(1),
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            # Not redis.log: that is the log of the service named "redis" (_start_service).
+            "--logfile",
+            str(directory / "redis-server.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -109,27 +136,38 @@ def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         time.sleep(0.05)
 
 
-def _start_service(tmp: Path, name: str, extra: dict[str, str]) -> tuple[
-        subprocess.Popen[bytes], dict[str, int], Path]:
+def _start_service(
+    tmp: Path, name: str, extra: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
     ports = {"http": _free_port(), "tcp": _free_port(), "admin": _free_port()}
     env = {
-        **os.environ, "PYTHONUNBUFFERED": "1", "SERVICE_LOG__FORMAT": "json",
-        "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": str(ports["http"]),
-        "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(ports["tcp"]),
-        "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": str(ports["admin"]),
-        "SERVICE_PIPELINE__SINK_PATH": str(tmp / f"{name}.jsonl"), **extra,
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "SERVICE_LOG__FORMAT": "json",
+        "SERVICE_HTTP__HOST": "127.0.0.1",
+        "SERVICE_HTTP__PORT": str(ports["http"]),
+        "SERVICE_TCP__HOST": "127.0.0.1",
+        "SERVICE_TCP__PORT": str(ports["tcp"]),
+        "SERVICE_ADMIN__HOST": "127.0.0.1",
+        "SERVICE_ADMIN__PORT": str(ports["admin"]),
+        "SERVICE_PIPELINE__SINK_PATH": str(tmp / f"{name}.jsonl"),
+        **extra,
     }
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([*_pin(0), sys.executable, "-m", "service", "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [*_pin(0), sys.executable, "-m", "service", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     _wait_pong(ports["tcp"], proc)
     return proc, ports, log_path
 
 
 def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
-    rates: dict[str, dict[str, list[float]]] = {
-        mode: {"file": [], "redis": []} for mode in LOADS}
+    rates: dict[str, dict[str, list[float]]] = {mode: {"file": [], "redis": []} for mode in LOADS}
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp_name, users_stub() as users:
         tmp = Path(tmp_name)
         redis, redis_port = _start_redis(tmp)
@@ -137,14 +175,20 @@ def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:
         results: dict[str, tuple[int, dict[str, Any]]] = {}
         try:
             started["file"] = _start_service(tmp, "file", users)
-            started["redis"] = _start_service(tmp, "redis", {**users,
-                "SERVICE_PIPELINE__SINK": "redis",
-                "SERVICE_PIPELINE__REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-                "SERVICE_PIPELINE__REDIS_STREAM": STREAM})
+            started["redis"] = _start_service(
+                tmp,
+                "redis",
+                {
+                    **users,
+                    "SERVICE_PIPELINE__SINK": "redis",
+                    "SERVICE_PIPELINE__REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                    "SERVICE_PIPELINE__REDIS_STREAM": STREAM,
+                },
+            )
             for i in range(rounds):
                 for mode in LOADS:
                     # Alternate which sink goes first, so drift hits both alike.
-                    for sink in (("file", "redis") if i % 2 == 0 else ("redis", "file")):
+                    for sink in ("file", "redis") if i % 2 == 0 else ("redis", "file"):
                         rates[mode][sink].append(_drive(mode, started[sink][1], duration))
         finally:
             for name, (proc, _, log_path) in started.items():
@@ -164,28 +208,43 @@ def run(duration: float) -> list[dict[str, Any]]:
     file_code, file_summary = m["results"]["file"]
     redis_code, redis_summary = m["results"]["redis"]
     if (file_code, redis_code) != (0, 0) or m["xlen"] != redis_summary.get("delivered"):
-        raise RuntimeError(f"lost or doubled events: exit codes {file_code}, {redis_code}, "
-                           f"redis summary {redis_summary}, stream length {m['xlen']}")
-    shutdown = (f"shutdown: file exit {file_code} dropped {file_summary.get('dropped')}; "
-                f"redis exit {redis_code} dropped {redis_summary.get('dropped')}, delivered "
-                f"{redis_summary.get('delivered')}, stream length {m['xlen']}")
-    for mode, what in (("http", "HTTP batches of 100 (8 connections)"),
-                       ("tcp", "TCP event lines (16 connections, windows of 64)")):
+        raise RuntimeError(
+            f"lost or doubled events: exit codes {file_code}, {redis_code}, "
+            f"redis summary {redis_summary}, stream length {m['xlen']}"
+        )
+    shutdown = (
+        f"shutdown: file exit {file_code} dropped {file_summary.get('dropped')}; "
+        f"redis exit {redis_code} dropped {redis_summary.get('dropped')}, delivered "
+        f"{redis_summary.get('delivered')}, stream length {m['xlen']}"
+    )
+    for mode, what in (
+        ("http", "HTTP batches of 100 (8 connections)"),
+        ("tcp", "TCP event lines (16 connections, windows of 64)"),
+    ):
         redis_rates, file_rates = m["rates"][mode]["redis"], m["rates"][mode]["file"]
         rate, base = statistics.median(redis_rates), statistics.median(file_rates)
-        rows.append({
-            "name": f"pipeline into Redis Streams: {what}", "value": rate, "unit": "events/s",
-            "baseline": "file sink, same load", "baseline_value": base,
-            "ratio": rate / base if base else None, "target": f">= {TARGET} of the file sink",
-            "note": f"median of {len(redis_rates)} runs each (redis "
-                    f"{', '.join(f'{r:,.0f}' for r in redis_rates)}; file "
-                    f"{', '.join(f'{r:,.0f}' for r in file_rates)} delivered/s); {shutdown}",
-        })
+        rows.append(
+            {
+                "name": f"pipeline into Redis Streams: {what}",
+                "value": rate,
+                "unit": "events/s",
+                "baseline": "file sink, same load",
+                "baseline_value": base,
+                "ratio": rate / base if base else None,
+                "target": f">= {TARGET} of the file sink",
+                "note": f"median of {len(redis_rates)} runs each (redis "
+                f"{', '.join(f'{r:,.0f}' for r in redis_rates)}; file "
+                f"{', '.join(f'{r:,.0f}' for r in file_rates)} delivered/s); {shutdown}",
+            }
+        )
     return rows
 
 
 if __name__ == "__main__":
     # python bench/bench_redis.py [DURATION [ROUNDS]]: by hand, under flock.
     args = sys.argv[1:]
-    print(json.dumps(measure(float(args[0]) if args else 3.0,
-                             int(args[1]) if len(args) > 1 else 1), indent=2))
+    print(
+        json.dumps(
+            measure(float(args[0]) if args else 3.0, int(args[1]) if len(args) > 1 else 1), indent=2
+        )
+    )

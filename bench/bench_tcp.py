@@ -105,25 +105,38 @@ uvloop.run(main())
 
 
 @contextmanager
-def _server(cmd: list[str], port: int, env: dict[str, str],
-            log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _server(
+    cmd: list[str], port: int, env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with pinned_server(cmd, lambda proc: wait_pong(port, proc), env, log_path) as proc:
         yield proc
 
 
-def load(port: int, duration: float, warmup: float = 0.5,
-         connections: int = CONNECTIONS) -> tuple[float, str]:
+def load(
+    port: int, duration: float, warmup: float = 0.5, connections: int = CONNECTIONS
+) -> tuple[float, str]:
     """Round trips per second the load client (pinned to core 1) got, and its first answer."""
-    cmd = [*_pin(1), sys.executable, "-c", CLIENT, "127.0.0.1", str(port), str(connections),
-           str(warmup), str(duration)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         timeout=duration + warmup + 30)
+    cmd = [
+        *_pin(1),
+        sys.executable,
+        "-c",
+        CLIENT,
+        "127.0.0.1",
+        str(port),
+        str(connections),
+        str(warmup),
+        str(duration),
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=duration + warmup + 30
+    )
     result = json.loads(out.stdout)
     return result["round_trips"] / result["seconds"], result["first_answer"]
 
 
-def measure(duration: float, rounds: int = ROUNDS,
-            service_env: dict[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    duration: float, rounds: int = ROUNDS, service_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Alternate load runs against both servers; the medians and their ratio."""
     bare_port, svc_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "0"}
@@ -131,35 +144,52 @@ def measure(duration: float, rounds: int = ROUNDS,
     with tempfile.TemporaryDirectory(prefix="bench-tcp-") as tmp:
         svc_env = {
             **env,
-            "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": "0",
-            "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": str(svc_port),
-            "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+            "SERVICE_HTTP__HOST": "127.0.0.1",
+            "SERVICE_HTTP__PORT": "0",
+            "SERVICE_TCP__HOST": "127.0.0.1",
+            "SERVICE_TCP__PORT": str(svc_port),
+            "SERVICE_ADMIN__HOST": "127.0.0.1",
+            "SERVICE_ADMIN__PORT": "0",
             "SERVICE_LOG__FORMAT": "json",
             "SERVICE_PIPELINE__SINK_PATH": str(Path(tmp) / "events.jsonl"),
             **(service_env or {}),
         }
-        with _server([sys.executable, "-c", BARE_ECHO, str(bare_port)], bare_port, env,
-                     Path(tmp) / "bare.log") as bare_proc, \
-                _server([sys.executable, "-m", "service", "serve"], svc_port, svc_env,
-                        Path(tmp) / "service.log") as svc_proc:
+        with (
+            _server(
+                [sys.executable, "-c", BARE_ECHO, str(bare_port)],
+                bare_port,
+                env,
+                Path(tmp) / "bare.log",
+            ) as bare_proc,
+            _server(
+                [sys.executable, "-m", "service", "serve"],
+                svc_port,
+                svc_env,
+                Path(tmp) / "service.log",
+            ) as svc_proc,
+        ):
             load(bare_port, 1)  # warm both up
             _, svc_answer = load(svc_port, 1)
             if svc_answer != "PONG\n":
                 raise RuntimeError(f"the service answered {svc_answer!r} to PING")
             for _ in range(rounds):
-                for name, port, proc in (("bare", bare_port, bare_proc),
-                                         ("service", svc_port, svc_proc)):
+                for name, port, proc in (
+                    ("bare", bare_port, bare_proc),
+                    ("service", svc_port, svc_proc),
+                ):
                     # Server CPU per round trip is steadier than throughput on a
                     # shared machine: a neighbour steals time, not cycles per trip.
                     cpu = _cpu_seconds(proc.pid)
                     rate, _ = load(port, duration)
                     runs[name].append(rate)
                     runs[f"{name}_cpu"].append(
-                        (_cpu_seconds(proc.pid) - cpu) / (rate * duration) * 1e6)
+                        (_cpu_seconds(proc.pid) - cpu) / (rate * duration) * 1e6
+                    )
     bare_median, svc_median = statistics.median(runs["bare"]), statistics.median(runs["service"])
     return {
         **runs,
-        "bare_median": bare_median, "service_median": svc_median,
+        "bare_median": bare_median,
+        "service_median": svc_median,
         "ratio": svc_median / bare_median,
         "bare_cpu_us": statistics.median(runs["bare_cpu"]),
         "service_cpu_us": statistics.median(runs["service_cpu"]),
@@ -169,21 +199,32 @@ def measure(duration: float, rounds: int = ROUNDS,
 def run(duration: float) -> list[dict[str, Any]]:
     m = measure(duration)
     runs = ", ".join(f"{b:,.0f}/{s:,.0f}" for b, s in zip(m["bare"], m["service"], strict=True))
-    return [{
-        "name": f"TCP PING round trips ({CONNECTIONS} connections, 1 core each)",
-        "value": m["service_median"], "unit": "round trips/s",
-        "baseline": "bare uvloop streams echo", "baseline_value": m["bare_median"],
-        "ratio": m["ratio"], "target": ">= 0.85",
-        "note": f"median of {len(m['bare'])} alternating runs (bare/service: {runs}); "
-                "same load client (uvloop Protocols, one line in flight per connection); "
-                f"server CPU per round trip: bare {m['bare_cpu_us']:.1f} us, "
-                f"service {m['service_cpu_us']:.1f} us",
-    }]
+    return [
+        {
+            "name": f"TCP PING round trips ({CONNECTIONS} connections, 1 core each)",
+            "value": m["service_median"],
+            "unit": "round trips/s",
+            "baseline": "bare uvloop streams echo",
+            "baseline_value": m["bare_median"],
+            "ratio": m["ratio"],
+            "target": ">= 0.85",
+            "note": f"median of {len(m['bare'])} alternating runs (bare/service: {runs}); "
+            "same load client (uvloop Protocols, one line in flight per connection); "
+            f"server CPU per round trip: bare {m['bare_cpu_us']:.1f} us, "
+            f"service {m['service_cpu_us']:.1f} us",
+        }
+    ]
 
 
 if __name__ == "__main__":
     # python -m bench.bench_tcp [DURATION [ROUNDS [SERVICE_X=Y ...]]]: for profiling by hand.
     args = sys.argv[1:]
     extra = dict(a.split("=", 1) for a in args[2:])
-    print(json.dumps(measure(float(args[0]) if args else 5.0,
-                             int(args[1]) if len(args) > 1 else ROUNDS, extra), indent=2))
+    print(
+        json.dumps(
+            measure(
+                float(args[0]) if args else 5.0, int(args[1]) if len(args) > 1 else ROUNDS, extra
+            ),
+            indent=2,
+        )
+    )

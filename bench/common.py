@@ -75,15 +75,20 @@ def wait_pong(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 
 @contextmanager
-def pinned_server(cmd: list[str], ready: Callable[[subprocess.Popen[bytes]], None],
-                  env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def pinned_server(
+    cmd: list[str],
+    ready: Callable[[subprocess.Popen[bytes]], None],
+    env: dict[str, str],
+    log_path: Path,
+) -> Iterator[subprocess.Popen[bytes]]:
     """``cmd`` on core 0, output to ``log_path``; yields once ``ready(proc)`` returns.
 
     taskset execs the server, so the pid is the server's own (for ``cpu_seconds``).
     """
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([*pin(0), *cmd], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT)
+        proc = subprocess.Popen(
+            [*pin(0), *cmd], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         try:
             ready(proc)
             yield proc

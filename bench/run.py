@@ -29,30 +29,36 @@ Row = dict[str, Any]  # name, value, unit, baseline, baseline_value, ratio, targ
 def machine() -> str:
     import os
 
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| benchmark | result | baseline (same run) | ratio | target |",
-           "|---|---|---|---|---|"]
+    out = ["| benchmark | result | baseline (same run) | ratio | target |", "|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-"
-        base = (f"{r['baseline']}: {r['baseline_value']:,.0f} {r['unit']}"
-                if r.get("baseline") else "-")
-        out.append(f"| {r['name']} | {r['value']:,.0f} {r['unit']} | {base} | {ratio} "
-                   f"| {r.get('target') or '-'} |")
+        base = (
+            f"{r['baseline']}: {r['baseline_value']:,.0f} {r['unit']}" if r.get("baseline") else "-"
+        )
+        out.append(
+            f"| {r['name']} | {r['value']:,.0f} {r['unit']} | {base} | {ratio} "
+            f"| {r.get('target') or '-'} |"
+        )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", default=[],
-                        help="run only bench_<NAME>.py (repeatable)")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds per measured run (default 10)")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only bench_<NAME>.py (repeatable)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measured run (default 10)"
+    )
     args = parser.parse_args(argv)
-    names = sorted(p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py"))
+    names = sorted(p.stem[len("bench_") :] for p in (ROOT / "bench").glob("bench_*.py"))
     if args.only:
         names = [n for n in names if n in args.only]
     rows: list[Row] = []
@@ -70,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (out / "latest.json").write_text(json.dumps(
-        {"when": stamp, "machine": machine(), "rows": rows}, indent=2))
+    (out / "latest.json").write_text(
+        json.dumps({"when": stamp, "machine": machine(), "rows": rows}, indent=2)
+    )
     (out / "latest.md").write_text(text)
     return 1 if failed else 0
 

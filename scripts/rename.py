@@ -21,11 +21,34 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 OLD = "service"
-SKIP_DIRS = {".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
-             "__pycache__", "data", "results"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "__pycache__",
+    "data",
+    "results",
+}
 SKIP_FILES = {"CHANGELOG.md", "rename.py"}  # history keeps its old names; this script too
-TEXT_SUFFIXES = {".py", ".toml", ".md", ".yml", ".yaml", ".json", ".cfg", ".txt", ".ini",
-                 ".sh", "", ".typed", ".dockerignore", ".gitignore"}
+TEXT_SUFFIXES = {
+    ".py",
+    ".toml",
+    ".md",
+    ".yml",
+    ".yaml",
+    ".json",
+    ".cfg",
+    ".txt",
+    ".ini",
+    ".sh",
+    "",
+    ".typed",
+    ".dockerignore",
+    ".gitignore",
+}
 
 
 Subs = list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]]
@@ -41,13 +64,17 @@ def substitutions(new: str, python: bool) -> Subs:
     """
     upper = new.upper()
     words = r"(serve|stub|loadtest|--version|--help)"
-    modules: Subs = [
-        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
-        (re.compile(r"(?<=[\"'`])service(?=[.:/][A-Za-z_])"), new),
-    ] if python else [
-        (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
-        (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
-    ]
+    modules: Subs = (
+        [
+            (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+            (re.compile(r"(?<=[\"'`])service(?=[.:/][A-Za-z_])"), new),
+        ]
+        if python
+        else [
+            (re.compile(r"(?<![\w/.:-])service(?=\.[A-Za-z_])"), new),
+            (re.compile(r"\b(from|import) service\b"), rf"\1 {new}"),
+        ]
+    )
     return [
         # Environment prefix: SERVICE_HTTP__PORT -> ORDERS_API_HTTP__PORT.
         (re.compile(r"\bSERVICE_"), f"{upper}_"),
@@ -59,10 +86,15 @@ def substitutions(new: str, python: bool) -> Subs:
         # The package directory in paths: service/, "service" in tool settings.
         (re.compile(r"(?<![\w.-])service/"), f"{new}/"),
         (re.compile(r"(ruff check |mypy )service\b"), rf"\1{new}"),
-        (re.compile(r'(files|include|testpaths) = \["service'), rf'\1 = ["{new}'),
+        (
+            re.compile(r'(files|include|testpaths|root_packages|ancestors) = \["service'),
+            rf'\1 = ["{new}',
+        ),
         (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
-        (re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
-         f"[tool.setuptools.package-data]\n{new} ="),
+        (
+            re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
+            f"[tool.setuptools.package-data]\n{new} =",
+        ),
         # Metric prefix and identifiers: service_http_requests_total, service_env
         # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
@@ -91,15 +123,18 @@ def substitutions(new: str, python: bool) -> Subs:
         (re.compile(r"(image: )service\b"), rf"\1{new}"),
         (re.compile(r"\bservice:(ci|latest|dev|local)\b"), rf"{new}:\1"),
         # Longer names make longer lines: widen the limit by what the name adds.
-        (re.compile(r"^line-length = (\d+)", re.M),
-         lambda m: f"line-length = {int(m.group(1)) + 2 * max(0, len(new) - len(OLD))}"),
+        (
+            re.compile(r"^line-length = (\d+)", re.M),
+            lambda m: f"line-length = {int(m.group(1)) + 2 * max(0, len(new) - len(OLD))}",
+        ),
     ]
 
 
 def files(root: Path) -> Iterator[Path]:
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
-                             capture_output=True).stdout.decode()
+        out = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True
+        ).stdout.decode()
         paths = [root / p for p in out.split("\0") if p]
     except (OSError, subprocess.CalledProcessError):
         paths = [p for p in root.rglob("*") if p.is_file()]
@@ -107,8 +142,9 @@ def files(root: Path) -> Iterator[Path]:
         rel = path.relative_to(root)
         if any(part in SKIP_DIRS for part in rel.parts) or path.name in SKIP_FILES:
             continue
-        if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name in
-                               ("Makefile", "Dockerfile", "run")):
+        if path.is_file() and (
+            path.suffix in TEXT_SUFFIXES or path.name in ("Makefile", "Dockerfile", "run")
+        ):
             yield path
 
 
@@ -138,11 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
     args = parser.parse_args(argv)
     new: str = args.name
-    if not re.fullmatch(r"[a-z][a-z0-9_]{1,40}", new) or keyword.iskeyword(new) \
-            or new in sys.stdlib_module_names or new == OLD:
-        print(f"rename: {new!r} is not a usable package name "
-              "(lower case, digits, underscores; not a keyword or stdlib module)",
-              file=sys.stderr)
+    if (
+        not re.fullmatch(r"[a-z][a-z0-9_]{1,40}", new)
+        or keyword.iskeyword(new)
+        or new in sys.stdlib_module_names
+        or new == OLD
+    ):
+        print(
+            f"rename: {new!r} is not a usable package name "
+            "(lower case, digits, underscores; not a keyword or stdlib module)",
+            file=sys.stderr,
+        )
         return 2
     if not (args.root / OLD).is_dir():
         print(f"rename: no {OLD}/ package under {args.root} (already renamed?)", file=sys.stderr)

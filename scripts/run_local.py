@@ -79,10 +79,12 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    stubs = [p for name, port in stub_ports(argv).items()
-             if (p := start_stub(name, port)) is not None]
-    service = subprocess.Popen([sys.executable, "-m", "service", "serve", *argv],
-                               start_new_session=True)
+    stubs = [
+        p for name, port in stub_ports(argv).items() if (p := start_stub(name, port)) is not None
+    ]
+    service = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", *argv], start_new_session=True
+    )
 
     def forward(sig: int, _frame: FrameType | None) -> None:
         if service.poll() is None:

@@ -56,6 +56,7 @@ BACKPRESSURE_5XX = frozenset({503})
 
 # -- the verdict: pure functions (tests/test_soak.py checks them) ---------------------
 
+
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     """The least-squares slope of ys over xs (0 for fewer than two points)."""
     if len(xs) < 2:
@@ -100,24 +101,31 @@ def judge(report: dict[str, Any]) -> Verdict:
     """Every acceptance criterion of the soak, from the figures of one run."""
     v = Verdict()
     growth = report["rss_growth_bytes_per_10_min"]
-    v.check(growth < RSS_LIMIT_BYTES_PER_10_MIN,
-            f"RSS grows {growth / 1e6:.2f} MB per 10 min (limit 1 MB)")
+    v.check(
+        growth < RSS_LIMIT_BYTES_PER_10_MIN,
+        f"RSS grows {growth / 1e6:.2f} MB per 10 min (limit 1 MB)",
+    )
     for name in ("tasks", "fds"):
         start, end = report[f"{name}_start"], report[f"{name}_end"]
         v.check(within(start, end), f"{name}: {start} at the start, {end} at the end (> 5%)")
     v.check(report["unexpected_5xx"] == 0, f"{report['unexpected_5xx']} unexpected 5xx")
-    v.check(report["dropped_mid_request"] == 0,
-            f"{report['dropped_mid_request']} connections dropped mid-request")
+    v.check(
+        report["dropped_mid_request"] == 0,
+        f"{report['dropped_mid_request']} connections dropped mid-request",
+    )
     v.check(report["events_lost"] == 0, f"{report['events_lost']} acknowledged events lost")
     v.check(report["exit_code"] == 0, f"exit code {report['exit_code']}")
-    v.check(report["shutdown_seconds"] <= report["shutdown_budget_seconds"],
-            f"shutdown took {report['shutdown_seconds']:.1f}s "
-            f"(budget {report['shutdown_budget_seconds']:.1f}s)")
+    v.check(
+        report["shutdown_seconds"] <= report["shutdown_budget_seconds"],
+        f"shutdown took {report['shutdown_seconds']:.1f}s "
+        f"(budget {report['shutdown_budget_seconds']:.1f}s)",
+    )
     v.check(report["acknowledged_events"] > 0, "no event was acknowledged: the load did not run")
     return v
 
 
 # -- the load --------------------------------------------------------------------------
+
 
 @dataclass
 class Stats:
@@ -133,8 +141,7 @@ class Load:
     """An open-loop mixed load; every request is bounded in time and count."""
 
     TCP_POOL = 4
-    MIX = (("events", 40), ("ndjson", 10), ("tcp", 15), ("summary", 15), ("hash", 5),
-           ("info", 15))
+    MIX = (("events", 40), ("ndjson", 10), ("tcp", 15), ("summary", 15), ("hash", 5), ("info", 15))
 
     def __init__(self, http_url: str, tcp_port: int, concurrency: int = 64) -> None:
         import aiohttp
@@ -147,15 +154,17 @@ class Load:
         self.rng = random.Random(7)
         self._sem = asyncio.Semaphore(concurrency)
         self._session: Any = None
-        self._tcp: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
+        self._tcp: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.Queue()
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._kinds = [k for k, w in self.MIX for _ in range(w)]
 
     def _new_session(self) -> Any:
         aiohttp = self.aiohttp
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
-                                     timeout=aiohttp.ClientTimeout(total=15))
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=15)
+        )
 
     async def reset_session(self) -> None:
         """Close every idle connection, so the service's fd count holds no client pool."""
@@ -226,9 +235,13 @@ class Load:
                         await self._http(kind)
             except (self.aiohttp.ClientConnectorError, ConnectionRefusedError):
                 self.stats.errors["refused"] += 1  # after the listener closed: expected
-            except (self.aiohttp.ServerDisconnectedError, self.aiohttp.ClientPayloadError,
-                    self.aiohttp.ClientOSError, ConnectionError,
-                    asyncio.IncompleteReadError) as exc:
+            except (
+                self.aiohttp.ServerDisconnectedError,
+                self.aiohttp.ClientPayloadError,
+                self.aiohttp.ClientOSError,
+                ConnectionError,
+                asyncio.IncompleteReadError,
+            ) as exc:
                 self.stats.dropped += 1
                 self.stats.errors[f"dropped:{kind}:{type(exc).__name__}"] += 1
             except TimeoutError:
@@ -237,8 +250,12 @@ class Load:
                 self.stats.requests += 1
 
     def _event(self) -> dict[str, Any]:
-        return {"user_id": f"u{self.rng.randint(1, 1000)}", "type": "soak",
-                "payload": {"n": self.rng.randint(0, 10**6)}, "ts": time.time()}
+        return {
+            "user_id": f"u{self.rng.randint(1, 1000)}",
+            "type": "soak",
+            "payload": {"n": self.rng.randint(0, 10**6)},
+            "ts": time.time(),
+        }
 
     async def _http(self, kind: str) -> None:
         s = self._session
@@ -248,8 +265,11 @@ class Load:
                 call = s.post(f"{self.url}/v1/events", json=batch)
             else:
                 body = "\n".join(json.dumps(e) for e in batch).encode()
-                call = s.post(f"{self.url}/v1/events", data=body,
-                              headers={"Content-Type": "application/x-ndjson"})
+                call = s.post(
+                    f"{self.url}/v1/events",
+                    data=body,
+                    headers={"Content-Type": "application/x-ndjson"},
+                )
             route = "events"
         elif kind == "summary":
             call = s.get(f"{self.url}/v1/users/u{self.rng.randint(1, 1100)}/summary")
@@ -297,12 +317,25 @@ class Load:
 
 # -- the processes ------------------------------------------------------------------------
 
+
 def _proxy(upstream_port: int, rate: float, seed: int) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.faultproxy",
-         "--upstream", f"127.0.0.1:{upstream_port}",
-         "--fault-rate", str(rate), "--fault-latency", "0.5", "--seed", str(seed)],
-        cwd=ROOT, stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.faultproxy",
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--fault-rate",
+            str(rate),
+            "--fault-latency",
+            "0.5",
+            "--seed",
+            str(seed),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     line = json.loads(proc.stdout.readline())
     return proc, int(line["port"])
@@ -316,8 +349,12 @@ def _sample(pid: int, metrics_url: str) -> dict[str, float]:
     p = psutil.Process(pid)
     samples = scrape(metrics_url)
     tasks = sum(v for k, v in samples.items() if k.split("{")[0].endswith("_asyncio_tasks"))
-    return {"t": time.monotonic(), "rss": float(p.memory_info().rss), "fds": float(p.num_fds()),
-            "tasks": tasks}
+    return {
+        "t": time.monotonic(),
+        "rss": float(p.memory_info().rss),
+        "fds": float(p.num_fds()),
+        "tasks": tasks,
+    }
 
 
 async def _sampler(pid: int, url: str, interval: float, out: list[dict[str, float]]) -> None:
@@ -351,13 +388,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     sink = work / "events.jsonl"
     procs: list[ServiceProcess] = []
     proxies: list[subprocess.Popen[bytes]] = []
-    report: dict[str, Any] = {"duration_seconds": args.duration, "load_fraction": args.load,
-                              "fault_rate": args.fault_rate}
+    report: dict[str, Any] = {
+        "duration_seconds": args.duration,
+        "load_fraction": args.load,
+        "fault_rate": args.fault_rate,
+    }
     try:
         ports = []
         for name in ("users", "orders"):
-            stub = ServiceProcess(["stub", "--name", name, "--port", "0"],
-                                  env={"SERVICE_LOG__ACCESS_LOG": "false"}).start()
+            stub = ServiceProcess(
+                ["stub", "--name", name, "--port", "0"], env={"SERVICE_LOG__ACCESS_LOG": "false"}
+            ).start()
             procs.append(stub)
             ports.append(stub.wait_listening()["http"])
         urls = []
@@ -365,10 +406,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             proxy, proxy_port = _proxy(port, args.fault_rate, seed=i + 1)
             proxies.append(proxy)
             urls.append(f"http://127.0.0.1:{proxy_port}")
-        env = {**service_env(), "SERVICE_PIPELINE__SINK_PATH": str(sink),
-               "SERVICE_DOWNSTREAM__USERS_URL": urls[0],
-               "SERVICE_DOWNSTREAM__ORDERS_URL": urls[1],
-               "SERVICE_LOG__ACCESS_LOG": "false"}
+        env = {
+            **service_env(),
+            "SERVICE_PIPELINE__SINK_PATH": str(sink),
+            "SERVICE_DOWNSTREAM__USERS_URL": urls[0],
+            "SERVICE_DOWNSTREAM__ORDERS_URL": urls[1],
+            "SERVICE_LOG__ACCESS_LOG": "false",
+        }
         svc = ServiceProcess(["serve"], env=env).start()
         procs.append(svc)
         svc.wait_listening()
@@ -376,22 +420,29 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         pid = svc.proc.pid
         metrics_url = svc.url("/metrics", "admin")
         shutdown = Settings().shutdown
-        budget = (shutdown.readiness_delay + shutdown.grace_seconds + shutdown.drain_seconds
-                  + 2 * shutdown.cancel_seconds)
+        budget = (
+            shutdown.readiness_delay
+            + shutdown.grace_seconds
+            + shutdown.drain_seconds
+            + 2 * shutdown.cancel_seconds
+        )
 
         async with Load(svc.url(), svc.ports["tcp"]) as load:
             _log(f"measuring capacity for {args.calibrate:.0f}s (closed loop, mixed)")
             capacity = await load.run_closed(args.calibrate)
             rate = capacity * args.load
             report |= {"capacity_rps": round(capacity, 1), "rate_rps": round(rate, 1)}
-            _log(f"capacity {capacity:.0f} req/s; soaking at {rate:.0f} req/s "
-                 f"({args.load:.0%}) for {args.duration:.0f}s, {args.fault_rate:.1%} faults")
+            _log(
+                f"capacity {capacity:.0f} req/s; soaking at {rate:.0f} req/s "
+                f"({args.load:.0%}) for {args.duration:.0f}s, {args.fault_rate:.1%} faults"
+            )
             warmup = min(max(args.duration * 0.2, 10.0), 60.0)
             await load.run_open(rate, warmup)
             start_counts = await _quiet_counts(load, pid, metrics_url, args.quiet_seconds)
             samples: list[dict[str, float]] = []
             sampler = asyncio.create_task(
-                _sampler(pid, metrics_url, args.sample_interval, samples), name="soak-sampler")
+                _sampler(pid, metrics_url, args.sample_interval, samples), name="soak-sampler"
+            )
             try:
                 await load.run_open(rate, max(args.duration - warmup, 1.0))
             finally:
@@ -433,8 +484,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "rss_start_mb": round(rss[0][1] / 1e6, 2) if rss else None,
             "rss_end_mb": round(rss[-1][1] / 1e6, 2) if rss else None,
             "rss_growth_bytes_per_10_min": round(rss_growth_per_10_min(rss)),
-            "tasks_start": start_counts["tasks"], "tasks_end": end_counts["tasks"],
-            "fds_start": start_counts["fds"], "fds_end": end_counts["fds"],
+            "tasks_start": start_counts["tasks"],
+            "tasks_end": end_counts["tasks"],
+            "fds_start": start_counts["fds"],
+            "fds_end": end_counts["fds"],
             "exit_code": code,
             "shutdown_seconds": round(shutdown_seconds, 2),
             "shutdown_budget_seconds": budget,
@@ -468,16 +521,27 @@ def _log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float,
-                        default=float(os.environ.get("SOAK_SECONDS", "600")),
-                        help="seconds of load (default: SOAK_SECONDS or 600)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("SOAK_SECONDS", "600")),
+        help="seconds of load (default: SOAK_SECONDS or 600)",
+    )
     parser.add_argument("--load", type=float, default=0.7, help="fraction of the capacity")
     parser.add_argument("--fault-rate", type=float, default=0.01)
-    parser.add_argument("--calibrate", type=float, default=8.0,
-                        help="seconds of closed-loop load to measure the capacity")
+    parser.add_argument(
+        "--calibrate",
+        type=float,
+        default=8.0,
+        help="seconds of closed-loop load to measure the capacity",
+    )
     parser.add_argument("--sample-interval", type=float, default=3.0)
-    parser.add_argument("--quiet-seconds", type=float, default=32.0,
-                        help="idle time before counting tasks and fds (start and end)")
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=32.0,
+        help="idle time before counting tasks and fds (start and end)",
+    )
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
@@ -496,4 +560,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -73,22 +73,34 @@ def _die_with_parent() -> None:
 
 def _spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A child in its own session, that does not outlive this script."""
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            start_new_session=True,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
 
 
-def start_prometheus(workdir: Path, port: int, admin_target: str,
-                     scrape_interval: str = "5s") -> subprocess.Popen[bytes]:
+def start_prometheus(
+    workdir: Path, port: int, admin_target: str, scrape_interval: str = "5s"
+) -> subprocess.Popen[bytes]:
     """Debian's prometheus on 127.0.0.1:port, its config and TSDB under ``workdir``."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise SystemExit("stack: prometheus not found; `apt-get install prometheus` first")
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(prometheus_config(admin_target, scrape_interval)))
-    return _spawn([binary, f"--config.file={config_file}",
-                   f"--storage.tsdb.path={workdir / 'tsdb'}",
-                   f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"])
+    return _spawn(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+    )
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -96,8 +108,9 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     return _spawn([sys.executable, "-m", "service", *args], env={**os.environ, **(env or {})})
 
 
-def wait_until(ready: Any, what: str, procs: dict[str, subprocess.Popen[bytes]],
-               timeout: float = 30.0) -> None:
+def wait_until(
+    ready: Any, what: str, procs: dict[str, subprocess.Popen[bytes]], timeout: float = 30.0
+) -> None:
     """Poll ``ready()`` until true; fail early if one of ``procs`` has exited."""
     deadline = time.monotonic() + timeout
     while not ready():
@@ -173,28 +186,43 @@ def run(args: argparse.Namespace) -> int:
                 procs[name] = start(["stub", "--name", name, "--port", str(port)])
             for name, port in stubs.items():
                 wait_until(lambda p=port: port_open(p), f"{name} stub", procs)
-            procs["service"] = start(["serve"], env={
-                "SERVICE_HTTP__PORT": str(args.http_port),
-                "SERVICE_TCP__PORT": str(args.tcp_port),
-                "SERVICE_ADMIN__HOST": "127.0.0.1",
-                "SERVICE_ADMIN__PORT": str(args.admin_port),
-                **{f"SERVICE_DOWNSTREAM__SERVICES__{name.upper()}__URL": f"http://127.0.0.1:{port}"
-                   for name, port in stubs.items()},
-            })
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{args.http_port}/readyz"),
-                       "service", procs)
-            procs["prometheus"] = start_prometheus(Path(tmp), args.prometheus_port,
-                                                   admin_target, args.scrape_interval)
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{args.prometheus_port}/-/ready"),
-                       "prometheus", procs)
-            print(json.dumps({
-                "event": "stack ready",
-                "service": f"http://127.0.0.1:{args.http_port}",
-                "tcp": f"127.0.0.1:{args.tcp_port}",
-                "metrics": f"http://{admin_target}/metrics",
-                "prometheus": f"http://127.0.0.1:{args.prometheus_port}",
-                "alerts": f"http://127.0.0.1:{args.prometheus_port}/alerts",
-            }), flush=True)
+            procs["service"] = start(
+                ["serve"],
+                env={
+                    "SERVICE_HTTP__PORT": str(args.http_port),
+                    "SERVICE_TCP__PORT": str(args.tcp_port),
+                    "SERVICE_ADMIN__HOST": "127.0.0.1",
+                    "SERVICE_ADMIN__PORT": str(args.admin_port),
+                    **{
+                        f"SERVICE_DOWNSTREAM__SERVICES__{name.upper()}__URL": f"http://127.0.0.1:{port}"
+                        for name, port in stubs.items()
+                    },
+                },
+            )
+            wait_until(
+                lambda: http_ok(f"http://127.0.0.1:{args.http_port}/readyz"), "service", procs
+            )
+            procs["prometheus"] = start_prometheus(
+                Path(tmp), args.prometheus_port, admin_target, args.scrape_interval
+            )
+            wait_until(
+                lambda: http_ok(f"http://127.0.0.1:{args.prometheus_port}/-/ready"),
+                "prometheus",
+                procs,
+            )
+            print(
+                json.dumps(
+                    {
+                        "event": "stack ready",
+                        "service": f"http://127.0.0.1:{args.http_port}",
+                        "tcp": f"127.0.0.1:{args.tcp_port}",
+                        "metrics": f"http://{admin_target}/metrics",
+                        "prometheus": f"http://127.0.0.1:{args.prometheus_port}",
+                        "alerts": f"http://127.0.0.1:{args.prometheus_port}/alerts",
+                    }
+                ),
+                flush=True,
+            )
             # Run until a signal, or until a child exits by itself.
             while all(proc.poll() is None for proc in procs.values()):
                 time.sleep(0.2)
@@ -223,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--tcp-port", type=int, default=8888)
     parser.add_argument("--admin-port", type=int, default=8081)
-    parser.add_argument("--stub-port", action="append", default=[], metavar="NAME=PORT",
-                        help="run downstream NAME's stub on PORT (repeatable)")
+    parser.add_argument(
+        "--stub-port",
+        action="append",
+        default=[],
+        metavar="NAME=PORT",
+        help="run downstream NAME's stub on PORT (repeatable)",
+    )
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--scrape-interval", default="5s", help="Prometheus duration, e.g. 1s")
     return run(parser.parse_args(argv))

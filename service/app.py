@@ -30,16 +30,25 @@ from service.settings import Settings
 OPENAPI = Path(__file__).resolve().parent / "domain" / "openapi.yaml"
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None,
-               state: ServiceState | None = None) -> web.Application:
-    app = api_app(settings, metrics=metrics or Metrics(settings.metrics.namespace),
-                  state=state or ServiceState(), name=settings.metrics.namespace,
-                  version=__version__)
+def create_app(
+    settings: Settings, *, metrics: Metrics | None = None, state: ServiceState | None = None
+) -> web.Application:
+    app = api_app(
+        settings,
+        metrics=metrics or Metrics(settings.metrics.namespace),
+        state=state or ServiceState(),
+        name=settings.metrics.namespace,
+        version=__version__,
+    )
     app.cleanup_ctx.append(downstreams(CLIENTS))
-    app.cleanup_ctx.append(pipeline(
-        lambda app: [EnrichStage(users(app), app[METRICS])], encode_record))
-    app.cleanup_ctx.append(tcp_server(  # last: it feeds the pipeline
-        lambda app: EventLines(app[PIPELINE], app[SETTINGS].tcp.overload_timeout)))
+    app.cleanup_ctx.append(
+        pipeline(lambda app: [EnrichStage(users(app), app[METRICS])], encode_record)
+    )
+    app.cleanup_ctx.append(
+        tcp_server(  # last: it feeds the pipeline
+            lambda app: EventLines(app[PIPELINE], app[SETTINGS].tcp.overload_timeout)
+        )
+    )
     events.setup(app, settings.events)
     hash.setup(app, settings.hash)
     summary.setup(app)

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service")
-    serve.add_argument("--config", metavar="FILE",
-                       help="TOML file layered over the defaults (or SERVICE_CONFIG)")
+    serve.add_argument(
+        "--config", metavar="FILE", help="TOML file layered over the defaults (or SERVICE_CONFIG)"
+    )
     serve.set_defaults(func=_serve)
 
     from service.tools import stub

@@ -38,8 +38,11 @@ def test_no_module_imports_itself_through_others() -> None:
 
 
 def test_every_module_is_under_the_size_limit() -> None:
-    over = {str(p.relative_to(ROOT)): n for p in _modules()
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    over = {
+        str(p.relative_to(ROOT)): n
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert over == {}
 
 
@@ -69,8 +72,11 @@ def test_foreign_private_attributes_are_read_in_the_compat_module_only() -> None
     found: dict[str, set[str]] = {}
     for path in _modules():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                    and not node.attr.startswith("__"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 receiver = node.value
                 if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
                     continue

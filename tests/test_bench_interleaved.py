@@ -57,7 +57,8 @@ def test_reports_that_do_not_add_up_with_their_turns_are_rejected() -> None:
 
 
 def test_an_interleaved_row_compares_each_turn_with_the_reference_turns_either_side(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Reference turns alternate 100 and 400 (geometric mean 200 around each of
     # ours); ours' turns fall from 200 to 100 over the run, so its thirds differ.
     theirs = [100.0 if i % 2 == 0 else 400.0 for i in range(10)]

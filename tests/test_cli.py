@@ -17,8 +17,14 @@ from tests.support.process import ROOT, service_env
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("SERVICE_")}
-    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True,
-                          text=True, timeout=30, env={**base, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**base, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def test_version() -> None:
@@ -42,12 +48,21 @@ def test_port_in_use_exits_2_with_one_line(listener: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = _run("serve", env={**service_env(), f"SERVICE_{listener}__PORT": str(port),
-                                  "SERVICE_LOG__FORMAT": "json"})
+        proc = _run(
+            "serve",
+            env={
+                **service_env(),
+                f"SERVICE_{listener}__PORT": str(port),
+                "SERVICE_LOG__FORMAT": "json",
+            },
+        )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    errors = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines()
-              if '"level":"error"' in line or "error" in line.lower()]
+    errors = [
+        line
+        for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+        if '"level":"error"' in line or "error" in line.lower()
+    ]
     assert len(errors) == 1, proc.stdout + proc.stderr
     assert str(port) in errors[0]
 

@@ -34,12 +34,12 @@ def _defaults() -> dict[str, dict[str, Any]]:
     # A table entry lists what it sets (the rest comes from the shared settings).
     data["downstream"]["services"] = {
         name: entry.model_dump(mode="json", exclude_unset=True)
-        for name, entry in settings.downstream.services.items()}
+        for name, entry in settings.downstream.services.items()
+    }
     return data
 
 
-def test_default_toml_lists_every_setting_with_its_default(
-        clean_env: pytest.MonkeyPatch) -> None:
+def test_default_toml_lists_every_setting_with_its_default(clean_env: pytest.MonkeyPatch) -> None:
     """config/default.toml and the Settings defaults agree key by key (and type by type)."""
     with DEFAULT_TOML.open("rb") as fh:
         toml = tomllib.load(fh)
@@ -59,7 +59,7 @@ def test_default_toml_loads_to_the_default_settings(clean_env: pytest.MonkeyPatc
 
 def test_config_file_layers_over_defaults(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[http]\nport = 9000\n[log]\naccess_log_sample = 0.5\n')
+    cfg.write_text("[http]\nport = 9000\n[log]\naccess_log_sample = 0.5\n")
     s = load_settings(cfg)
     assert s.http.port == 9000
     assert s.log.access_log_sample == 0.5
@@ -124,7 +124,10 @@ def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("SERVICE_")}
     return subprocess.run(
         [sys.executable, "-m", "service", "serve", *args],
-        env={**base, **service_env(), **env}, capture_output=True, text=True, timeout=30,
+        env={**base, **service_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
         cwd=ROOT,
     )
 

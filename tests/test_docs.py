@@ -23,9 +23,19 @@ PACKAGE = Path(cli.__file__).parent.name  # "service", or the name `make rename`
 
 # Issue 10's list of practices; each must have a row in the map.
 PRACTICES = (
-    "uvloop", "client-handling core", "bounded queues", "TaskGroup", "cancellation",
-    "timeouts", "run_in_executor", "async context managers", "async iterators",
-    "semaphores", "task references", "debug mode", "task-state monitoring",
+    "uvloop",
+    "client-handling core",
+    "bounded queues",
+    "TaskGroup",
+    "cancellation",
+    "timeouts",
+    "run_in_executor",
+    "async context managers",
+    "async iterators",
+    "semaphores",
+    "task references",
+    "debug mode",
+    "task-state monitoring",
 )
 
 
@@ -36,8 +46,11 @@ def section(title: str) -> str:
 
 
 def map_rows() -> list[str]:
-    return [line for line in section("Best-practice map").splitlines()
-            if line.startswith("| ") and not line.startswith("| practice")]
+    return [
+        line
+        for line in section("Best-practice map").splitlines()
+        if line.startswith("| ") and not line.startswith("| practice")
+    ]
 
 
 def defined_names(path: Path) -> set[str]:

@@ -27,8 +27,11 @@ from tests.support.stubs import running_stub
 @pytest.mark.asyncio
 async def test_a_new_downstream_is_one_table_entry_with_its_own_overrides() -> None:
     async with running_stub("users") as stub:
-        settings = make_settings(downstream={"services": {
-            "payments": {"url": stub.url, "retry_attempts": 1, "bulkhead": 7}}})
+        settings = make_settings(
+            downstream={
+                "services": {"payments": {"url": stub.url, "retry_attempts": 1, "bulkhead": 7}}
+            }
+        )
         app = create_app(settings)
         async with TestClient(TestServer(app)):
             payments = app[DOWNSTREAMS]["payments"]
@@ -43,8 +46,7 @@ async def test_a_new_downstream_is_one_table_entry_with_its_own_overrides() -> N
             assert metrics.downstream_requests.labels("payments", "ok").value == 1
 
 
-def test_a_downstream_set_by_environment_variables_alone(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_downstream_set_by_environment_variables_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVICE_DOWNSTREAM__SERVICES__PAYMENTS__URL", "http://pay:9000")
     monkeypatch.setenv("SERVICE_DOWNSTREAM__SERVICES__PAYMENTS__DEADLINE_SECONDS", "0.5")
     monkeypatch.setenv("SERVICE_DOWNSTREAM__USERS_URL", "http://users:8091")  # the short form
@@ -76,4 +78,4 @@ async def test_a_new_pipeline_stage_is_one_more_entry_in_the_list() -> None:
     assert [r["id"] for r in records] == ids
     assert all(r["stamped"] and r["enrichment"] == "ok" for r in records)
     assert metrics.queue_capacity.labels("stamp").value == 50
-    assert {lbl for lbl, in metrics.queue_depth._functions} == {"ingest", "enrich", "stamp"}
+    assert {lbl for (lbl,) in metrics.queue_depth._functions} == {"ingest", "enrich", "stamp"}

@@ -183,18 +183,22 @@ async def test_close_ends_open_connections_and_their_tasks(proxy: FaultProxy) ->
 
 
 @pytest.mark.asyncio
-async def test_service_answers_broken_downstreams_with_502_and_504(
-        tmp_path: Path) -> None:
+async def test_service_answers_broken_downstreams_with_502_and_504(tmp_path: Path) -> None:
     """The proxy between the service and a real stub: each fault maps to SPEC's status."""
-    with running_service(["stub", "--name", "users", "--port", "0"]) as users, \
-            running_service(["stub", "--name", "orders", "--port", "0"]) as orders:
+    with (
+        running_service(["stub", "--name", "users", "--port", "0"]) as users,
+        running_service(["stub", "--name", "orders", "--port", "0"]) as orders,
+    ):
         async with FaultProxy("127.0.0.1", users.ports["http"]) as proxy:
-            env = {"SERVICE_DOWNSTREAM__USERS_URL": proxy.url,
-                   "SERVICE_DOWNSTREAM__ORDERS_URL": orders.url(),
-                   "SERVICE_DOWNSTREAM__DEADLINE_SECONDS": "1.0",
-                   "SERVICE_PIPELINE__SINK_PATH": f"{tmp_path}/events.jsonl"}
+            env = {
+                "SERVICE_DOWNSTREAM__USERS_URL": proxy.url,
+                "SERVICE_DOWNSTREAM__ORDERS_URL": orders.url(),
+                "SERVICE_DOWNSTREAM__DEADLINE_SECONDS": "1.0",
+                "SERVICE_PIPELINE__SINK_PATH": f"{tmp_path}/events.jsonl",
+            }
             with running_service(env=env) as svc:
                 async with aiohttp.ClientSession() as session:
+
                     async def summary(user: str) -> int:
                         start = time.perf_counter()
                         async with session.get(svc.url(f"/v1/users/{user}/summary")) as resp:

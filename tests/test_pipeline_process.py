@@ -26,6 +26,7 @@ from tests.support.process import running_service, scrape
 
 pytestmark = pytest.mark.slow
 
+
 def sink_records(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     assert not data or data.endswith(b"\n"), "torn last line"
@@ -33,8 +34,12 @@ def sink_records(path: Path) -> list[dict[str, Any]]:
 
 
 def env_for(path: Path) -> dict[str, str]:
-    return {"SERVICE_PIPELINE__SINK_PATH": str(path), "SERVICE_LOG__ACCESS_LOG": "false",
-            "SERVICE_SHUTDOWN__GRACE_SECONDS": "5", "SERVICE_SHUTDOWN__DRAIN_SECONDS": "10"}
+    return {
+        "SERVICE_PIPELINE__SINK_PATH": str(path),
+        "SERVICE_LOG__ACCESS_LOG": "false",
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": "5",
+        "SERVICE_SHUTDOWN__DRAIN_SECONDS": "10",
+    }
 
 
 def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
@@ -59,13 +64,16 @@ def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
     unknown = set(ids) - set(given)
     assert len(unknown) <= sum(c.unanswered for c in clients)
     tcp_clients = sum(isinstance(c, TcpEventClient) for c in clients)
-    print(f"\nSIGTERM: {len(given)} acknowledged ({tcp_clients}"
-          f" TCP clients), {len(ids)} in the sink, {len(unknown)} answered too late to count")
+    print(
+        f"\nSIGTERM: {len(given)} acknowledged ({tcp_clients}"
+        f" TCP clients), {len(ids)} in the sink, {len(unknown)} answered too late to count"
+    )
     [summary] = proc.events("shutdown complete")
     assert summary["dropped"] == 0
     assert summary["accepted"] == summary["delivered"] == len(ids)
-    assert any(isinstance(c, TcpEventClient) and c.acked for c in clients) \
-        or "tcp" not in proc.ports
+    assert (
+        any(isinstance(c, TcpEventClient) and c.acked for c in clients) or "tcp" not in proc.ports
+    )
 
 
 def test_sigkill_then_restart_keeps_every_event_fsynced_before_the_kill(tmp_path: Path) -> None:

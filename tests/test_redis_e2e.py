@@ -42,14 +42,16 @@ BATCH = 256
 
 def redis_env(server: RedisServer) -> dict[str, str]:
     return {
-        "SERVICE_PIPELINE__SINK": "redis", "SERVICE_PIPELINE__REDIS_URL": server.url,
+        "SERVICE_PIPELINE__SINK": "redis",
+        "SERVICE_PIPELINE__REDIS_URL": server.url,
         "SERVICE_PIPELINE__REDIS_STREAM": STREAM,
         "SERVICE_PIPELINE__INGEST_CAPACITY": str(CAPACITY),
         "SERVICE_PIPELINE__ENRICH_CAPACITY": str(CAPACITY),
         "SERVICE_PIPELINE__ENRICH_WORKERS": str(ENRICH_WORKERS),
         "SERVICE_PIPELINE__BATCH_SIZE": str(BATCH),
         "SERVICE_LOG__ACCESS_LOG": "false",
-        "SERVICE_SHUTDOWN__GRACE_SECONDS": "5", "SERVICE_SHUTDOWN__DRAIN_SECONDS": "15",
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": "5",
+        "SERVICE_SHUTDOWN__DRAIN_SECONDS": "15",
     }
 
 
@@ -59,8 +61,9 @@ def three_services(server: RedisServer) -> Iterator[list[ServiceProcess]]:
         yield [stack.enter_context(running_service(env=redis_env(server))) for _ in range(3)]
 
 
-def stop_all(procs: list[ServiceProcess], clients: list[EventClient],
-             stop: threading.Event) -> list[int]:
+def stop_all(
+    procs: list[ServiceProcess], clients: list[EventClient], stop: threading.Event
+) -> list[int]:
     for proc in procs:
         proc.signal(signal.SIGTERM)
     codes = [proc.wait(40) for proc in procs]
@@ -71,8 +74,9 @@ def stop_all(procs: list[ServiceProcess], clients: list[EventClient],
     return codes
 
 
-def check_exactly_once(server: RedisServer, procs: list[ServiceProcess],
-                       clients: list[EventClient]) -> list[str]:
+def check_exactly_once(
+    server: RedisServer, procs: list[ServiceProcess], clients: list[EventClient]
+) -> list[str]:
     given = acked(clients)
     assert len(set(given)) == len(given)
     ids = [i for i, _ in stream_entries(server, STREAM)]
@@ -91,7 +95,8 @@ def test_three_services_one_stream_every_ack_exactly_once(tmp_path: Path) -> Non
     stop = threading.Event()
     with RedisServer(tmp_path / "redis") as server, three_services(server) as procs:
         clients = start_clients(  # long timeouts, slow retries: an outage lasts 5 s
-            [p.ports for p in procs], stop, timeout=30, backoff=0.05)
+            [p.ports for p in procs], stop, timeout=30, backoff=0.05
+        )
         wait_acked(clients, 6000, timeout=30)
         codes = stop_all(procs, clients, stop)
         assert codes == [0, 0, 0], procs[0].output()[-3000:]
@@ -128,7 +133,8 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
     try:
         with three_services(server) as procs:
             clients = start_clients(  # long timeouts, slow retries: an outage lasts 5 s
-            [p.ports for p in procs], stop, timeout=30, backoff=0.05)
+                [p.ports for p in procs], stop, timeout=30, backoff=0.05
+            )
             watcher = Watcher(procs)
             watcher.start()
             wait_acked(clients, 3000, timeout=30)
@@ -167,15 +173,18 @@ def test_redis_outage_backpressure_readiness_and_no_loss(tmp_path: Path) -> None
     bound = 3 * (2 * CAPACITY + 2 * BATCH + ENRICH_WORKERS * WORKER_BATCH)
     assert during <= bound, f"{during} events acknowledged during the outage"
     assert overloaded_during > 0, "no client was refused (429 / ERR overloaded)"
-    assert max(c.max_wait for c in clients if isinstance(c, TcpEventClient)) > 1.0, \
+    assert max(c.max_wait for c in clients if isinstance(c, TcpEventClient)) > 1.0, (
         "TCP clients never stalled"
+    )
     for before, peak in zip(rss_before, rss_during, strict=True):
         assert peak < before + 64 * 2**20, f"RSS grew from {before} to {peak}"
     for statuses, i, j in zip(watcher.statuses, outage_began, back, strict=True):
         assert 503 in statuses[i:j], "/readyz stayed 200 while Redis was down"
         assert statuses[-1] == 200
-    print(f"\noutage: {during} acknowledged while Redis was down (bound {bound}), "
-          f"{overloaded_during} refusals, max TCP stall "
-          f"{max(c.max_wait for c in clients if isinstance(c, TcpEventClient)):.1f}s, "
-          f"RSS +{max(p - b for b, p in zip(rss_before, rss_during, strict=True)) / 2**20:.1f} MiB;"
-          f" {len(ids)} events in the stream, each once")
+    print(
+        f"\noutage: {during} acknowledged while Redis was down (bound {bound}), "
+        f"{overloaded_during} refusals, max TCP stall "
+        f"{max(c.max_wait for c in clients if isinstance(c, TcpEventClient)):.1f}s, "
+        f"RSS +{max(p - b for b, p in zip(rss_before, rss_during, strict=True)) / 2**20:.1f} MiB;"
+        f" {len(ids)} events in the stream, each once"
+    )

@@ -19,12 +19,21 @@ from tests.support.process import ROOT, free_port, http_get, service_env
 
 def test_run_local_serves_and_stops_cleanly_on_sigterm() -> None:
     users, orders = free_port(), free_port()
-    env = {**os.environ, **service_env(), "SERVICE_LOG__FORMAT": "json",
-           "SERVICE_DOWNSTREAM__USERS_URL": f"http://127.0.0.1:{users}",
-           "SERVICE_DOWNSTREAM__ORDERS_URL": f"http://127.0.0.1:{orders}",
-           "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        **service_env(),
+        "SERVICE_LOG__FORMAT": "json",
+        "SERVICE_DOWNSTREAM__USERS_URL": f"http://127.0.0.1:{users}",
+        "SERVICE_DOWNSTREAM__ORDERS_URL": f"http://127.0.0.1:{orders}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run_local.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines: list[dict[str, Any]] = []
     raw: list[bytes] = []
     listening = threading.Event()
@@ -46,8 +55,7 @@ def test_run_local_serves_and_stops_cleanly_on_sigterm() -> None:
     reader.start()
     try:
         assert listening.wait(30), b"".join(raw).decode(errors="replace")
-        (event,) = [d for d in lines if d.get("event") == "listening"
-                    and d.get("logger") != "stub"]
+        (event,) = [d for d in lines if d.get("event") == "listening" and d.get("logger") != "stub"]
         status, _, _ = http_get(f"http://127.0.0.1:{event['http_port']}/livez")
         assert status == 200
         # The env reached the service: its downstreams are the ports given here.

@@ -32,14 +32,27 @@ AIOHTTP_FLOOR = Version("3.13.4")
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     data = tmp_path_factory.mktemp("security")
-    env = {"SERVICE_ADMIN__DEBUG": "true", "SERVICE_PIPELINE__SINK_PATH": str(data / "ev.jsonl"),
-           "SERVICE_LOG__ACCESS_LOG_SAMPLE": "1.0"}
+    env = {
+        "SERVICE_ADMIN__DEBUG": "true",
+        "SERVICE_PIPELINE__SINK_PATH": str(data / "ev.jsonl"),
+        "SERVICE_LOG__ACCESS_LOG_SAMPLE": "1.0",
+    }
     with running_service(env=env) as proc:
         yield proc
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/debug/tasks", "/debug/", "/debug/tasks/",
-                                  "/%6Detrics", "/./metrics", "/v1/../metrics"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/debug/tasks",
+        "/debug/",
+        "/debug/tasks/",
+        "/%6Detrics",
+        "/./metrics",
+        "/v1/../metrics",
+    ],
+)
 def test_admin_routes_do_not_exist_on_the_public_port(svc: ServiceProcess, path: str) -> None:
     status, _, body = _raw_get(svc.ports["http"], path)
     assert status == 404, (path, status)
@@ -70,8 +83,11 @@ def test_admin_binds_to_loopback_by_default(tmp_path_factory: pytest.TempPathFac
     try:
         ports = proc.wait_listening()
         assert proc.proc is not None
-        admin = [c for c in psutil.Process(proc.proc.pid).net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == ports["admin"]]
+        admin = [
+            c
+            for c in psutil.Process(proc.proc.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == ports["admin"]
+        ]
         assert admin, ports
         assert {c.laddr.ip for c in admin} == {"127.0.0.1"}
     finally:
@@ -82,7 +98,7 @@ INJECTIONS = [
     ("query", "/v1/info?q=%0D%0A%7B%22event%22%3A%22forged%22%7D"),
     ("query", "/v1/info?q=a%0Ab%0Dc%00d%E2%80%A8e"),
     ("path", "/v1/nope%0D%0A%7B%22event%22%3A%22forged%22%7D"),
-    ("header", "\x0b\x0c\x85\xe2\x80\xa8{\"event\":\"forged\"}"),
+    ("header", '\x0b\x0c\x85\xe2\x80\xa8{"event":"forged"}'),
     ("header", "tab\there"),
     ("obs-fold", "first\r\n second-line-folded"),
     ("bare-cr", "a\rb"),
@@ -90,10 +106,10 @@ INJECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("where", "value"), INJECTIONS, ids=[f"{w}-{i}" for i, (w, _) in
-                                                               enumerate(INJECTIONS)])
-def test_control_characters_yield_one_log_line(svc: ServiceProcess, where: str,
-                                                value: str) -> None:
+@pytest.mark.parametrize(
+    ("where", "value"), INJECTIONS, ids=[f"{w}-{i}" for i, (w, _) in enumerate(INJECTIONS)]
+)
+def test_control_characters_yield_one_log_line(svc: ServiceProcess, where: str, value: str) -> None:
     """Whatever the client puts in a header or the query, one request = one JSON line."""
     marker = f"sec-{time.monotonic_ns()}"
     path = value if where in ("query", "path") else "/v1/info"
@@ -104,13 +120,18 @@ def test_control_characters_yield_one_log_line(svc: ServiceProcess, where: str,
     before = len(svc.raw)
     status, _, _ = _raw_get(svc.ports["http"], path, extra + f"X-Request-ID: {marker}\r\n".encode())
     assert status != 500
+
     # The line is flushed by the buffered sink: wait for it.
     def relevant(lines: list[bytes]) -> list[bytes]:
         # The access line carries the marker; a request the HTTP parser refuses
         # never reaches the middleware and is logged once by the server instead.
-        return [line for line in lines
-                if marker.encode() in line or b"refused by the HTTP parser" in line
-                or b"Error handling request" in line]
+        return [
+            line
+            for line in lines
+            if marker.encode() in line
+            or b"refused by the HTTP parser" in line
+            or b"Error handling request" in line
+        ]
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not relevant(svc.raw[before:]):
@@ -126,14 +147,25 @@ def test_control_characters_yield_one_log_line(svc: ServiceProcess, where: str,
         assert where in ("header", "obs-fold", "bare-cr", "bare-lf"), new
 
 
-BAD_IDS = ["x" * 129, "has space", "quote\"", "brace{", "semi;colon", "ünïcode", "a/b",
-           "percent%0a", "", "<script>"]
+BAD_IDS = [
+    "x" * 129,
+    "has space",
+    'quote"',
+    "brace{",
+    "semi;colon",
+    "ünïcode",
+    "a/b",
+    "percent%0a",
+    "",
+    "<script>",
+]
 
 
 @pytest.mark.parametrize("rid", BAD_IDS)
 def test_odd_or_long_request_ids_are_replaced(svc: ServiceProcess, rid: str) -> None:
-    status, headers, _ = _raw_get(svc.ports["http"], "/v1/info",
-                                  b"X-Request-ID: " + rid.encode() + b"\r\n")
+    status, headers, _ = _raw_get(
+        svc.ports["http"], "/v1/info", b"X-Request-ID: " + rid.encode() + b"\r\n"
+    )
     assert status == 200
     assert headers["x-request-id"] != rid
     assert sane_request_id(headers["x-request-id"])
@@ -141,8 +173,9 @@ def test_odd_or_long_request_ids_are_replaced(svc: ServiceProcess, rid: str) -> 
 
 @pytest.mark.parametrize("rid", ["abc", "a" * 128, "0f1e-2d3c.4b:5a_6"])
 def test_sane_request_ids_are_kept(svc: ServiceProcess, rid: str) -> None:
-    status, headers, _ = _raw_get(svc.ports["http"], "/v1/info",
-                                  f"X-Request-ID: {rid}\r\n".encode())
+    status, headers, _ = _raw_get(
+        svc.ports["http"], "/v1/info", f"X-Request-ID: {rid}\r\n".encode()
+    )
     assert status == 200
     assert headers["x-request-id"] == rid
 
@@ -159,11 +192,15 @@ def test_aiohttp_floor_carries_the_security_fixes() -> None:
     assert Version(version("aiohttp")) >= AIOHTTP_FLOOR  # and the installed one is new enough
 
 
-def _raw_get(port: int, path: str, extra_headers: bytes = b"",
-             timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def _raw_get(
+    port: int, path: str, extra_headers: bytes = b"", timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """A GET written byte by byte (no client library cleaning the request up)."""
-    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
-               + extra_headers + b"\r\n")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+        + extra_headers
+        + b"\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         data = b""

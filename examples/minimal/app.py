@@ -48,8 +48,12 @@ MAX_TEXT = 1000
 class Settings(RuntimeSettings):
     """The runtime's settings, with this service's stage declared (one worker)."""
 
-    layer_defaults = {"pipeline": {"sink_path": "data/notes.jsonl",
-                                   "stages": {"shout": {"workers": 1, "capacity": 1000}}}}
+    layer_defaults = {
+        "pipeline": {
+            "sink_path": "data/notes.jsonl",
+            "stages": {"shout": {"workers": 1, "capacity": 1000}},
+        }
+    }
 
 
 class Shout(Stage):

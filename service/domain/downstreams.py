@@ -27,18 +27,26 @@ class UsersClient(DownstreamClient):
     def __init__(self, name: str, settings: DownstreamService, metrics: Metrics) -> None:
         super().__init__(name, settings, metrics)
         self._cache: TTLCache[str, dict[str, Any] | None] = TTLCache(
-            settings.cache_ttl_seconds, settings.cache_size)
+            settings.cache_ttl_seconds, settings.cache_size
+        )
         self._flight: SingleFlight[str, dict[str, Any] | None] = SingleFlight(f"{name}-lookup")
         self.lookups = lookups = metrics.counter(
-            "enrich_cache_lookups_total", "Enrichment cache lookups by result.", ("result",))
+            "enrich_cache_lookups_total", "Enrichment cache lookups by result.", ("result",)
+        )
         self._hit, self._miss, self._shared = (
-            lookups.labels("hit"), lookups.labels("miss"), lookups.labels("coalesced"))
+            lookups.labels("hit"),
+            lookups.labels("miss"),
+            lookups.labels("coalesced"),
+        )
 
     async def fetch_user(self, user_id: str, deadline: Deadline) -> dict[str, Any]:
         """The user, fresh from the downstream; :class:`DownstreamNotFound` if unknown."""
         user = await self.get_json(f"/users/{quote(user_id, safe='')}", deadline, what="user")
-        ensure(isinstance(user, dict) and user.get("id") == user_id, self.name,
-               "user is not an object with the requested id")
+        ensure(
+            isinstance(user, dict) and user.get("id") == user_id,
+            self.name,
+            "user is not an object with the requested id",
+        )
         return user  # type: ignore[no-any-return]
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
@@ -60,7 +68,8 @@ class UsersClient(DownstreamClient):
         # if every caller has given up meanwhile.
         try:
             user: dict[str, Any] | None = await self.fetch_user(
-                user_id, Deadline.after(self.settings.deadline_seconds))
+                user_id, Deadline.after(self.settings.deadline_seconds)
+            )
         except DownstreamNotFound:
             user = None
         self._cache.put(user_id, user)
@@ -74,15 +83,21 @@ class UsersClient(DownstreamClient):
 class OrdersClient(DownstreamClient):
     async def fetch_orders(self, user_id: str, deadline: Deadline) -> list[dict[str, Any]]:
         """The user's orders (maybe none), each with a string ``id``, numeric ``amount``, ``ts``."""
-        data = await self.get_json(f"/users/{quote(user_id, safe='')}/orders", deadline,
-                                   what="orders")
+        data = await self.get_json(
+            f"/users/{quote(user_id, safe='')}/orders", deadline, what="orders"
+        )
         orders = data.get("orders") if isinstance(data, dict) else None
         ensure(isinstance(orders, list), self.name, "no orders list")
         assert isinstance(orders, list)
         for order in orders:
-            ensure(isinstance(order, dict) and isinstance(order.get("id"), str)
-                   and _number(order.get("amount")) and _number(order.get("ts")),
-                   self.name, "order without id, amount or ts")
+            ensure(
+                isinstance(order, dict)
+                and isinstance(order.get("id"), str)
+                and _number(order.get("amount"))
+                and _number(order.get("ts")),
+                self.name,
+                "order without id, amount or ts",
+            )
         return orders
 
 

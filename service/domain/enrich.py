@@ -95,8 +95,10 @@ class EnrichStage(Stage):
         now = time.monotonic()
         if now - self._last_error >= 1.0:
             self._last_error = now
-            log.warning("user lookup failed: writing events unenriched",
-                        error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "user lookup failed: writing events unenriched",
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
 
 def encode_record(event_id: str, enriched: Enriched, received_at: float) -> bytes:
@@ -106,11 +108,25 @@ def encode_record(event_id: str, enriched: Enriched, received_at: float) -> byte
     """
     event, user, outcome = enriched
     try:
-        return orjson.dumps({"id": event_id, "received_at": received_at, **event,
-                             "user": user, "enrichment": outcome})
+        return orjson.dumps(
+            {
+                "id": event_id,
+                "received_at": received_at,
+                **event,
+                "user": user,
+                "enrichment": outcome,
+            }
+        )
     except TypeError:  # orjson.JSONEncodeError: the user record is not JSON
-        return orjson.dumps({"id": event_id, "received_at": received_at, **event,
-                             "user": None, "enrichment": "failed"})
+        return orjson.dumps(
+            {
+                "id": event_id,
+                "received_at": received_at,
+                **event,
+                "user": None,
+                "enrichment": "failed",
+            }
+        )
 
 
 class LocalUsers:
@@ -135,8 +151,11 @@ class LocalUsers:
             if len(self._generated) >= self.MAX_GENERATED:
                 self._generated.clear()
             tier = _TIERS[zlib.crc32(user_id.encode()) % len(_TIERS)]
-            user = self._generated[user_id] = {"id": user_id, "name": f"user {user_id}",
-                                               "tier": tier}
+            user = self._generated[user_id] = {
+                "id": user_id,
+                "name": f"user {user_id}",
+                "tier": tier,
+            }
         return user
 
 

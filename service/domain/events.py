@@ -32,8 +32,9 @@ class Event(TypedDict):
 class EventError(ValueError):
     """Why an input is not a valid event (or batch of events)."""
 
-    def __init__(self, code: ErrorCode, detail: str, *, field: str | None = None,
-                 index: int | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, detail: str, *, field: str | None = None, index: int | None = None
+    ) -> None:
         self.code = code
         self.detail = detail
         self.field = field
@@ -56,8 +57,9 @@ def _check_id(obj: dict[str, Any], name: str, index: int | None) -> str:
     if not isinstance(value, str):
         raise EventError("invalid_event", "must be a string", field=name, index=index)
     if not 1 <= len(value) <= MAX_ID_CHARS:
-        raise EventError("invalid_event", f"must be 1 to {MAX_ID_CHARS} characters",
-                         field=name, index=index)
+        raise EventError(
+            "invalid_event", f"must be 1 to {MAX_ID_CHARS} characters", field=name, index=index
+        )
     return value
 
 
@@ -69,8 +71,7 @@ def _check_id(obj: dict[str, Any], name: str, index: int | None) -> str:
 _MAX_GROWTH = 5
 
 
-def validate_event(obj: object, index: int | None = None,
-                   source_bytes: int | None = None) -> Event:
+def validate_event(obj: object, index: int | None = None, source_bytes: int | None = None) -> Event:
     """Check one decoded JSON value and return it as an :class:`Event` (the same dict).
 
     ``source_bytes`` is the length of the JSON text ``obj`` was decoded from
@@ -92,17 +93,22 @@ def validate_event(obj: object, index: int | None = None,
         if "payload" in obj:
             payload = obj["payload"]
             if not isinstance(payload, dict):
-                raise EventError("invalid_event", "must be an object", field="payload",
-                                 index=index)
-            if (source_bytes is None or source_bytes * _MAX_GROWTH > MAX_PAYLOAD_BYTES) \
-                    and len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
-                raise EventError("invalid_event", f"must be at most {MAX_PAYLOAD_BYTES} bytes "
-                                 "encoded", field="payload", index=index)
+                raise EventError("invalid_event", "must be an object", field="payload", index=index)
+            if (source_bytes is None or source_bytes * _MAX_GROWTH > MAX_PAYLOAD_BYTES) and len(
+                orjson.dumps(payload)
+            ) > MAX_PAYLOAD_BYTES:
+                raise EventError(
+                    "invalid_event",
+                    f"must be at most {MAX_PAYLOAD_BYTES} bytes encoded",
+                    field="payload",
+                    index=index,
+                )
         if "ts" in obj:
             ts = obj["ts"]
             if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-                raise EventError("invalid_event", "must be a finite number", field="ts",
-                                 index=index)
+                raise EventError(
+                    "invalid_event", "must be a finite number", field="ts", index=index
+                )
     # Every member is now known and checked: the dict is the event as it is.
     return cast(Event, obj)
 

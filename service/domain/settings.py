@@ -27,13 +27,17 @@ class HashSettings(Section):
 
 
 DEFAULTS: dict[str, Any] = {
-    "downstream": {"services": {
-        "users": {"url": "http://127.0.0.1:8091"},
-        "orders": {"url": "http://127.0.0.1:8092"},
-    }},
-    "pipeline": {"stages": {
-        "enrich": {"workers": 4, "capacity": 10_000},
-    }},
+    "downstream": {
+        "services": {
+            "users": {"url": "http://127.0.0.1:8091"},
+            "orders": {"url": "http://127.0.0.1:8092"},
+        }
+    },
+    "pipeline": {
+        "stages": {
+            "enrich": {"workers": 4, "capacity": 10_000},
+        }
+    },
 }
 
 MOVED = {

@@ -55,17 +55,20 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 class AppFactory(Protocol):
     """A service's ``create_app``: what the lifecycle calls to build the public app."""
 
-    def __call__(self, settings: Any, *, metrics: Metrics, state: ServiceState
-                 ) -> web.Application: ...
+    def __call__(
+        self, settings: Any, *, metrics: Metrics, state: ServiceState
+    ) -> web.Application: ...
 
 
-def api_app(settings: RuntimeSettings, *, metrics: Metrics, state: ServiceState,
-            name: str, version: str) -> web.Application:
+def api_app(
+    settings: RuntimeSettings, *, metrics: Metrics, state: ServiceState, name: str, version: str
+) -> web.Application:
     """The public app: API middleware, ``/livez``, ``/readyz``, ``/v1/info``, monitor, executors."""
     access_log = AccessLog(settings.log)
     records = RequestRecords(metrics, access_log)
-    middleware = ApiMiddleware(records, state, metrics.http_in_flight.labels(),
-                               compat.detect(settings.http.fast_path))
+    middleware = ApiMiddleware(
+        records, state, metrics.http_in_flight.labels(), compat.detect(settings.http.fast_path)
+    )
     app = web.Application(
         middlewares=[middleware.middleware],
         client_max_size=settings.http.max_body_bytes,
@@ -114,8 +117,9 @@ def downstreams(declared: Mapping[str, ClientFactory] | None = None) -> CleanupC
     return ctx
 
 
-def pipeline(stages: Callable[[web.Application], Sequence[Stage]],
-             encode: Encode = encode_json) -> CleanupCtx:
+def pipeline(
+    stages: Callable[[web.Application], Sequence[Stage]], encode: Encode = encode_json
+) -> CleanupCtx:
     """The pipeline with the stages ``stages(app)`` makes (they may use earlier resources).
 
     Registered as a Drain: the lifecycle drains it in shutdown step 4, before
@@ -146,4 +150,3 @@ def tcp_server(handler: Callable[[web.Application], LineHandler]) -> CleanupCtx:
         await server.close()
 
     return ctx
-

@@ -87,8 +87,11 @@ class RuntimeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> RuntimeSettings:
-        ports = {"http.port": self.http.port, "tcp.port": self.tcp.port,
-                 "admin.port": self.admin.port}
+        ports = {
+            "http.port": self.http.port,
+            "tcp.port": self.tcp.port,
+            "admin.port": self.admin.port,
+        }
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port and port in seen:
@@ -168,8 +171,11 @@ def check_env(cls: type[RuntimeSettings], environ: Mapping[str, str]) -> None:
     known = re.compile("|".join(patterns)).fullmatch if patterns else None
     for key in sorted(environ):
         upper = key.upper()
-        if upper.startswith(ENV_PREFIX) and upper not in names \
-                and not (known is not None and known(upper)):
+        if (
+            upper.startswith(ENV_PREFIX)
+            and upper not in names
+            and not (known is not None and known(upper))
+        ):
             raise ConfigError(key, "environment variable names no setting")
 
 

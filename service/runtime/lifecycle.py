@@ -55,9 +55,12 @@ class Service:
         self.app = create_app(settings, metrics=self.metrics, state=self.state)
         self.admin = create_admin_app(self.app)
         self.http = HttpListener(
-            self.app, settings.http, header_timeouts=self.metrics.http_header_timeouts.labels(),
+            self.app,
+            settings.http,
+            header_timeouts=self.metrics.http_header_timeouts.labels(),
             in_flight=self.metrics.http_in_flight.labels(),
-            middleware=self.app.get(HTTP_MIDDLEWARE))
+            middleware=self.app.get(HTTP_MIDDLEWARE),
+        )
         self.stopping = asyncio.Event()
         self._signals = 0
         self._admin_runner: web.AppRunner | None = None
@@ -89,8 +92,7 @@ class Service:
         await self.http.setup()
         self._admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
-        admin_site = web.TCPSite(self._admin_runner, s.admin.host, s.admin.port,
-                                 reuse_address=True)
+        admin_site = web.TCPSite(self._admin_runner, s.admin.host, s.admin.port, reuse_address=True)
         await admin_site.start()
         ports = {"admin": self._admin_runner.addresses[0][1]}
         for listener in self.state.listeners:
@@ -99,8 +101,11 @@ class Service:
         ports["http"] = (await self.http.start())[0][1]
         self.state.ready = True
         self.metrics.ready_child.set(1)
-        log.info("listening", **{f"{name}_port": port for name, port in ports.items()},
-                 loop=type(loop).__module__.split(".")[0])
+        log.info(
+            "listening",
+            **{f"{name}_port": port for name, port in ports.items()},
+            loop=type(loop).__module__.split(".")[0],
+        )
         return ports
 
     # -- stop ---------------------------------------------------------------
@@ -126,15 +131,21 @@ class Service:
         log.info("shutdown step 2: listeners closed")
 
         # 3. In-flight HTTP requests and TCP answers finish, within the grace period.
-        await asyncio.gather(*(_guarded(lst.finish(s.grace_seconds), f"{lst.name}: finish")
-                               for lst in (self.http, *self.state.listeners)))
-        log.info("shutdown step 3: in-flight work finished",
-                 seconds=round(loop.time() - began, 3))
+        await asyncio.gather(
+            *(
+                _guarded(lst.finish(s.grace_seconds), f"{lst.name}: finish")
+                for lst in (self.http, *self.state.listeners)
+            )
+        )
+        log.info("shutdown step 3: in-flight work finished", seconds=round(loop.time() - began, 3))
 
         # 4. Drain: everything acknowledged reaches durable storage.
         for drain in self.state.drains:
-            await _guarded(drain.drain(s.drain_seconds), f"{drain.name}: drain",
-                           timeout=s.drain_seconds + s.cancel_seconds)
+            await _guarded(
+                drain.drain(s.drain_seconds),
+                f"{drain.name}: drain",
+                timeout=s.drain_seconds + s.cancel_seconds,
+            )
         log.info("shutdown step 4: drained")
 
         # 5. Cancel what is left (each task's cleanup runs), then close the
@@ -149,8 +160,9 @@ class Service:
             for key, value in source().items():
                 counts[key] = counts.get(key, 0) + value
         code = EXIT_LOST if counts.get("dropped", 0) else EXIT_OK
-        log.info("shutdown complete", exit_code=code, seconds=round(loop.time() - began, 3),
-                 **counts)
+        log.info(
+            "shutdown complete", exit_code=code, seconds=round(loop.time() - began, 3), **counts
+        )
         if self._admin_runner is not None:
             await _guarded(self._admin_runner.cleanup(), "close admin", timeout=s.cancel_seconds)
         return code
@@ -201,8 +213,11 @@ async def serve(service: Service) -> int:
     return await service.shutdown()
 
 
-def run_service(settings: RuntimeSettings, create_app: AppFactory,
-                customize: Callable[[Service], None] | None = None) -> int:
+def run_service(
+    settings: RuntimeSettings,
+    create_app: AppFactory,
+    customize: Callable[[Service], None] | None = None,
+) -> int:
     """Run the service on the configured loop until it stops; return the exit code.
 
     ``customize`` may add routes or components to the service before it
@@ -217,8 +232,9 @@ def run_service(settings: RuntimeSettings, create_app: AppFactory,
         return await serve(service)
 
     try:
-        code = run_loop(flushing(main(), settings.log.flush_interval),
-                        settings.loop.kind, settings.loop.debug)
+        code = run_loop(
+            flushing(main(), settings.log.flush_interval), settings.loop.kind, settings.loop.debug
+        )
     finally:
         sink().flush()
     if offload.abandoned_jobs():

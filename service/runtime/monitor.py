@@ -100,8 +100,9 @@ async def monitoring(metrics: Metrics, lag_interval: float) -> AsyncIterator[Non
         metrics.tasks.loop = None
 
 
-def task_dump(groups: TaskGroups,
-              loop: asyncio.AbstractEventLoop | None = None) -> list[dict[str, Any]]:
+def task_dump(
+    groups: TaskGroups, loop: asyncio.AbstractEventLoop | None = None
+) -> list[dict[str, Any]]:
     """Name, group, state, coroutine and top frame of every live task (for /debug/tasks)."""
     loop = loop or asyncio.get_running_loop()
     current = asyncio.current_task(loop)
@@ -113,14 +114,19 @@ def task_dump(groups: TaskGroups,
         if frames:
             f = frames[0]
             top = f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-        rows.append({
-            "name": task.get_name(),
-            "group": groups.of(task),
-            "state": "running" if task is current
-            else "cancelling" if task.cancelling() else "pending",
-            "coroutine": getattr(coro, "__qualname__", repr(coro)),
-            "top_frame": top,
-        })
+        rows.append(
+            {
+                "name": task.get_name(),
+                "group": groups.of(task),
+                "state": "running"
+                if task is current
+                else "cancelling"
+                if task.cancelling()
+                else "pending",
+                "coroutine": getattr(coro, "__qualname__", repr(coro)),
+                "top_frame": top,
+            }
+        )
     rows.sort(key=lambda r: (r["group"], r["name"]))
     return rows
 
@@ -131,4 +137,3 @@ def configure_debug(loop: asyncio.AbstractEventLoop, debug: bool, slow_callback_
     loop.slow_callback_duration = slow_callback_ms / 1000.0
     if debug:
         sys.set_coroutine_origin_tracking_depth(10)
-

@@ -41,22 +41,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import math
 import multiprocessing
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar, TypeVarTuple, Unpack, cast
 
 import structlog
 
 from service.runtime.errors import ExecutorBusy
+from service.runtime.executors import (
+    Outcome,
+    Timing,
+    TrackedThreadPool,
+    init_worker_process,
+    lower_thread_priority,
+    run_in_process,
+    worker_processes,
+)
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
 from service.runtime.requestid import request_id_var
@@ -66,12 +69,6 @@ log = get_logger("service.offload")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-# Added to the nice value of CPU workers (see _lower_thread_priority).
-CPU_WORKER_NICE = 10
-
-# What a process job sends back: its run time, whether it returned, and the value or error.
-_Outcome = tuple[float, bool, Any]
 
 # Jobs abandoned by every Offload of this process: process state, because the
 # threads still running them are. The CLI reads it to decide how to exit.
@@ -83,100 +80,12 @@ def abandoned_jobs() -> int:
     return _abandoned_total
 
 
-class _Timing:
-    """A job's run time, written by the worker thread and read on the loop once it is done."""
-
-    __slots__ = ("seconds",)
-
-    def __init__(self) -> None:
-        self.seconds: float | None = None
-
-
-def _timed(timing: _Timing, ctx: contextvars.Context, fn: Callable[..., Any],
-           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A thread job: run in the submitter's context, timed."""
-    start = time.perf_counter()
-    try:
-        return ctx.run(fn, *args, **kwargs)
-    finally:
-        timing.seconds = time.perf_counter() - start
-
-
-def _run_in_process(request_id: str | None, bound: dict[str, Any], fn: Callable[..., Any],
-                    args: tuple[Any, ...]) -> _Outcome:
-    """A process job. A Context cannot be pickled, so the request id and
-    structlog's bound values are sent along and set here; the run time comes
-    back with the result (no raise, so it is known for failures too)."""
-    request_id_var.set(request_id)
-    structlog.contextvars.bind_contextvars(**bound)
-    start = time.perf_counter()
-    try:
-        value = fn(*args)
-    except Exception as exc:
-        return time.perf_counter() - start, False, exc
-    finally:
-        structlog.contextvars.clear_contextvars()
-    return time.perf_counter() - start, True, value
-
-
-class _ThreadPool(ThreadPoolExecutor):
-    """A thread pool whose jobs submitted from the event loop are accounted, however submitted.
-
-    ``loop.run_in_executor(offload.io, ...)`` works as well as ``run_io``: the
-    caller's context goes with the job and the pool's ``track`` sees it (metrics,
-    shutdown). Jobs submitted from other threads run plainly, untracked.
-    """
-
-    def __init__(self, workers: int, name: str, initializer: Callable[[], object] | None = None
-                 ) -> None:
-        super().__init__(workers, thread_name_prefix=f"offload-{name}", initializer=initializer)
-        self.track: Callable[[asyncio.AbstractEventLoop, Future[Any], _Timing], None] | None = None
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None or self.track is None:
-            return super().submit(fn, *args, **kwargs)
-        timing = _Timing()
-        job: Future[T] = super().submit(_timed, timing, contextvars.copy_context(), fn, args,
-                                        kwargs)
-        self.track(loop, job, timing)
-        return job
-
-
-def _lower_thread_priority() -> None:
-    """Give a CPU worker thread a lower scheduling priority than the loop thread.
-
-    On a saturated machine the loop competes with its own CPU workers for a
-    core; at nice +10 a worker weighs about a tenth of the loop thread (CFS
-    weights), so the loop wakes on time and the workers take what is left.
-    Linux keeps the nice value per thread (setpriority(2) with a thread id);
-    elsewhere that call would lower the whole process, loop included, so it
-    is not made.
-    """
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CPU_WORKER_NICE)
-
-
-def _init_worker_process(log_settings: LogSettings | None) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):  # no os.nice on Windows
-        os.nice(CPU_WORKER_NICE)  # the whole worker process, as for the threads above
-    if log_settings is not None:
-        from service.runtime import log as service_log
-
-        service_log.configure(log_settings)
-
-
 class _Pool:
     """One executor and the jobs submitted to it that have not reached the loop as done."""
 
-    def __init__(self, name: str, executor: Executor, workers: int, max_queued: int | None,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, name: str, executor: Executor, workers: int, max_queued: int | None, metrics: Metrics
+    ) -> None:
         self.name = name
         self.executor = executor
         self.processes = isinstance(executor, ProcessPoolExecutor)
@@ -216,24 +125,32 @@ class Offload:
     enforces the backlog bound, and only it can use a process pool.
     """
 
-    def __init__(self, settings: OffloadSettings, metrics: Metrics, *,
-                 log_settings: LogSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: OffloadSettings,
+        metrics: Metrics,
+        *,
+        log_settings: LogSettings | None = None,
+    ) -> None:
         self.settings = settings
-        self.io = _ThreadPool(settings.io_workers, "io")
+        self.io = TrackedThreadPool(settings.io_workers, "io")
         self.cpu: Executor
         if settings.cpu_kind == "process":
             # spawn, not fork: forking a process that runs threads can copy a
             # lock held by another thread (and 3.12+ warns about it).
             self.cpu = ProcessPoolExecutor(
-                settings.cpu_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker_process, initargs=(log_settings,))
+                settings.cpu_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker_process,
+                initargs=(log_settings,),
+            )
         else:
-            self.cpu = _ThreadPool(settings.cpu_workers, "cpu", _lower_thread_priority)
+            self.cpu = TrackedThreadPool(settings.cpu_workers, "cpu", lower_thread_priority)
         self._io = _Pool("io", self.io, settings.io_workers, None, metrics)
         self._cpu = _Pool("cpu", self.cpu, settings.cpu_workers, settings.max_queued, metrics)
         self._pools = (self._io, self._cpu)
         for pool in self._pools:
-            if isinstance(pool.executor, _ThreadPool):
+            if isinstance(pool.executor, TrackedThreadPool):
                 pool.executor.track = functools.partial(self._track, pool)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -260,30 +177,32 @@ class Offload:
             # await is cancelled, wrap_future cancels the job when it has not
             # started; a running job finishes and _job_done frees its slot.
             return await asyncio.wrap_future(pool.executor.submit(fn, *args), loop=loop)
-        job: Future[_Outcome] = pool.executor.submit(
-            _run_in_process, request_id_var.get(), structlog.contextvars.get_contextvars(),
-            fn, args)
-        self._track(pool, loop, job, _Timing())
+        job: Future[Outcome] = pool.executor.submit(
+            run_in_process, request_id_var.get(), structlog.contextvars.get_contextvars(), fn, args
+        )
+        self._track(pool, loop, job, Timing())
         _, ok, value = await asyncio.wrap_future(job, loop=loop)
         if ok:
             return cast(T, value)
         raise value
 
-    def _track(self, pool: _Pool, loop: asyncio.AbstractEventLoop, job: Future[Any],
-               timing: _Timing) -> None:
+    def _track(
+        self, pool: _Pool, loop: asyncio.AbstractEventLoop, job: Future[Any], timing: Timing
+    ) -> None:
         """On the loop, at submission: the job holds a slot until it is done."""
         pool.jobs.add(job)
         self._idle.clear()
         job.add_done_callback(functools.partial(self._done_in_any_thread, loop, pool, timing))
 
-    def _done_in_any_thread(self, loop: asyncio.AbstractEventLoop, pool: _Pool,
-                            timing: _Timing, job: Future[Any]) -> None:
+    def _done_in_any_thread(
+        self, loop: asyncio.AbstractEventLoop, pool: _Pool, timing: Timing, job: Future[Any]
+    ) -> None:
         # Runs in the worker thread (or the loop's, for a cancelled job).
         # A closed loop raises RuntimeError: the job was abandoned and is counted already.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._job_done, pool, timing, job)
 
-    def _job_done(self, pool: _Pool, timing: _Timing, job: Future[Any]) -> None:
+    def _job_done(self, pool: _Pool, timing: Timing, job: Future[Any]) -> None:
         """On the loop: free the slot and observe the run time."""
         pool.jobs.discard(job)
         seconds = timing.seconds
@@ -300,7 +219,7 @@ class Offload:
         """Cancel queued jobs, wait up to ``timeout`` for running ones, abandon the rest."""
         self.closed = True
         for pool in self._pools:
-            pool.worker_processes = _worker_processes(pool.executor)
+            pool.worker_processes = worker_processes(pool.executor)
             pool.executor.shutdown(wait=False, cancel_futures=True)
         try:
             async with asyncio.timeout(timeout):
@@ -328,14 +247,3 @@ class Offload:
     def summary(self) -> dict[str, int]:
         """For the shutdown summary line."""
         return {"executor_jobs_abandoned": self.abandoned}
-
-
-def _worker_processes(executor: Executor) -> list[multiprocessing.process.BaseProcess]:
-    """The worker processes of a process pool (none for a thread pool).
-
-    Read before ``shutdown``, which forgets them. 3.14 has ``terminate_workers()``;
-    3.11-3.13 have only the private ``_processes`` (pid -> Process).
-    """
-    processes = getattr(executor, "_processes", None) if isinstance(
-        executor, ProcessPoolExecutor) else None
-    return list(processes.values()) if processes else []

@@ -105,8 +105,7 @@ class ShutdownSettings(Section):
     cancel_seconds: PositiveFloat = 2.0
 
 
-def _short_forms(data: Any, table: str, suffixes: tuple[str, ...],
-                 fields: dict[str, Any]) -> Any:
+def _short_forms(data: Any, table: str, suffixes: tuple[str, ...], fields: dict[str, Any]) -> Any:
     """Move ``<name>_<suffix>`` keys into ``<table>.<name>.<suffix>`` (the short form wins)."""
     if not isinstance(data, dict):
         return data
@@ -117,8 +116,11 @@ def _short_forms(data: Any, table: str, suffixes: tuple[str, ...],
             if name != key and NAME.fullmatch(name):
                 entries = dict(data.get(table) or {})
                 entry = entries.get(name)
-                entry = entry.model_dump(exclude_unset=True) if isinstance(entry, BaseModel) \
+                entry = (
+                    entry.model_dump(exclude_unset=True)
+                    if isinstance(entry, BaseModel)
                     else dict(entry or {})
+                )
                 entries[name] = {**entry, suffix: data.pop(key)}
                 data[table] = entries
                 break
@@ -128,8 +130,10 @@ def _short_forms(data: Any, table: str, suffixes: tuple[str, ...],
 def _check_names(entries: dict[str, Any], table: str) -> dict[str, Any]:
     for name in entries:
         if not NAME.fullmatch(name):
-            raise ValueError(f"{table}.{name}: names are lower case letters, digits and "
-                             "underscores, starting with a letter")
+            raise ValueError(
+                f"{table}.{name}: names are lower case letters, digits and "
+                "underscores, starting with a letter"
+            )
     return entries
 
 
@@ -202,8 +206,7 @@ class DownstreamSettings(DownstreamPolicy):
 
     @field_validator("services")
     @classmethod
-    def _service_names(cls, services: dict[str, DownstreamService]
-                       ) -> dict[str, DownstreamService]:
+    def _service_names(cls, services: dict[str, DownstreamService]) -> dict[str, DownstreamService]:
         return _check_names(services, "downstream.services")
 
     def service(self, name: str) -> DownstreamService:

@@ -39,6 +39,7 @@ APP = build_parser().prog
 
 # -- parsing helpers -------------------------------------------------------------
 
+
 def dockerfile_stages(path: Path = DOCKERFILE) -> list[list[tuple[str, str]]]:
     """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
     text = re.sub(r"\\\n", " ", path.read_text())
@@ -116,8 +117,22 @@ def settings_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> S
     return load_settings(ROOT / "config" / "default.toml")
 
 
-PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-                "group_left", "group_right", "inf", "nan", "atan2"}
+PROMQL_WORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -176,14 +191,19 @@ def k8s_kind(kind: str) -> dict[str, Any]:
     [doc] = [d for d in k8s_documents() if d["kind"] == kind]
     return doc
 
+
 def schemas_dir() -> Path:
     return Path(os.environ.get("CI_SCHEMAS_DIR", ROOT.parent / "shared" / "schemas"))
 
 
 def http_post_json(url: str, body: Any) -> tuple[int, Any]:
     """POST a JSON body; the status and the decoded JSON answer (None if not JSON)."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             status, raw = int(resp.status), resp.read()

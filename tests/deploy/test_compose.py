@@ -39,16 +39,16 @@ def test_compose_file_matches_the_compose_specification() -> None:
     schema = json.loads(path.read_text())
     validator = jsonschema.Draft7Validator(schema)
     doc = compose()
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(doc)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
     assert errors == []
     # The schema is strict enough to catch a typo.
     doc["services"][APP]["stop_grace_perod"] = "35s"
     assert not validator.is_valid(doc)
 
 
-def test_compose_services_are_hardened_healthy_and_ordered(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
     doc = compose()
     services = doc["services"]
     assert {APP, "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
@@ -80,8 +80,11 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     services = compose()["services"]
     parser = build_parser()
     env = services[APP]["environment"]
-    downstreams = {key.split("__")[2].lower() for key in env
-                   if key.startswith(f"{APP.upper()}_DOWNSTREAM__SERVICES__")}
+    downstreams = {
+        key.split("__")[2].lower()
+        for key in env
+        if key.startswith(f"{APP.upper()}_DOWNSTREAM__SERVICES__")
+    }
     assert downstreams == {"users", "orders"}  # a stub service for each downstream
     for name in downstreams:
         args = parser.parse_args(services[name]["command"])
@@ -99,9 +102,11 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
 
 
 def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     svc = compose()["services"][APP]
-    settings = settings_with_env(monkeypatch, {**dockerfile_env(final_stage()),
-                                               **svc.get("environment", {})})
+    settings = settings_with_env(
+        monkeypatch, {**dockerfile_env(final_stage()), **svc.get("environment", {})}
+    )
     budget = shutdown_budget(settings)
     assert duration_seconds(svc["stop_grace_period"]) >= budget + SHUTDOWN_MARGIN, budget

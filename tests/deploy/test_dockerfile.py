@@ -38,10 +38,16 @@ from tests.support.process import ROOT, free_port, http_get, require_tool
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) \
-        or require_tool("hadolint")
-    result = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or require_tool(
+        "hadolint"
+    )
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -49,8 +55,7 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root_and_signal_safe() -> Non
     stages = [s for s in dockerfile_stages() if s]
     assert len(stages) >= 2, "dependencies are built in a separate stage"
     final = stages[-1]
-    args = {k: v for ins, rest in stages[0] if ins == "ARG"
-            for k, _, v in [rest.partition("=")]}
+    args = {k: v for ins, rest in stages[0] if ins == "ARG" for k, _, v in [rest.partition("=")]}
     base = instruction(final, "FROM")
     base = args.get(base.strip("${}"), base)
     m = re.fullmatch(r"python:3\.(\d+)\.\d+-slim(-\w+)?", base)
@@ -62,8 +67,9 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root_and_signal_safe() -> Non
     copies = [rest for ins, rest in final if ins == "COPY"]
     assert copies
     assert all(c.startswith("--from=builder") for c in copies), copies
-    assert not any("pip install" in rest or "apt-get" in rest for ins, rest in final
-                   if ins == "RUN")
+    assert not any(
+        "pip install" in rest or "apt-get" in rest for ins, rest in final if ins == "RUN"
+    )
     user = instruction(final, "USER").split(":")[0]
     assert user.isdigit()
     assert int(user) != 0
@@ -80,18 +86,26 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root_and_signal_safe() -> Non
     assert "SERVICE_PIPELINE__SINK_PATH" in env
     # .dockerignore is an allow-list ("*", then "!path"): what the builder copies
     # from the context, and nothing else, reaches the build.
-    ignore = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines()
-              if ln and not ln.startswith("#")]
+    ignore = [
+        ln
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln and not ln.startswith("#")
+    ]
     assert ignore[0] == "*"
     allowed = {ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")}
-    sources = {src.rstrip("/") for stage in stages[:-1] for ins, rest in stage
-               if ins == "COPY" and not rest.startswith("--from")
-               for src in rest.split()[:-1]}
+    sources = {
+        src.rstrip("/")
+        for stage in stages[:-1]
+        for ins, rest in stage
+        if ins == "COPY" and not rest.startswith("--from")
+        for src in rest.split()[:-1]
+    }
     assert sources == allowed
 
 
 def test_container_command_serves_and_passes_its_healthcheck(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ENTRYPOINT + CMD with the Dockerfile's ENV and WORKDIR; only ports overridden.
 
     The image's venv (/opt/venv) is this test's venv, and WORKDIR is a temporary
@@ -114,15 +128,20 @@ def test_container_command_serves_and_passes_its_healthcheck(
         assert exe.startswith(sys.prefix)
         return [exe, *argv[1:]]
 
-    command = resolve([*exec_form(instruction(stage, "ENTRYPOINT")),
-                       *exec_form(instruction(stage, "CMD"))])
+    command = resolve(
+        [*exec_form(instruction(stage, "ENTRYPOINT")), *exec_form(instruction(stage, "CMD"))]
+    )
     health = resolve(healthcheck_command(stage))
     workdir = tmp_path / instruction(stage, "WORKDIR").lstrip("/")
     workdir.mkdir(parents=True)
 
     def healthy() -> bool:
-        return subprocess.run(health, env=env, cwd=workdir, capture_output=True,
-                              timeout=10, check=False).returncode == 0
+        return (
+            subprocess.run(
+                health, env=env, cwd=workdir, capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
 
     assert not healthy(), "the healthcheck must fail while nothing listens"
     log = (tmp_path / "service.log").open("w+b")
@@ -139,13 +158,16 @@ def test_container_command_serves_and_passes_its_healthcheck(
         assert status == 200
         assert b"service_ready 1.0" in body
         # The sink writes under WORKDIR (the image's data volume), per SERVICE_PIPELINE__SINK_PATH.
-        status, accepted = http_post_json(f"http://127.0.0.1:{ports['http']}/v1/events",
-                                          {"user_id": "1", "type": "container-test"})
+        status, accepted = http_post_json(
+            f"http://127.0.0.1:{ports['http']}/v1/events",
+            {"user_id": "1", "type": "container-test"},
+        )
         assert status == 202, accepted
         stop_signal = getattr(signal, instruction(stage, "STOPSIGNAL"))
         proc.send_signal(stop_signal)
-        code = proc.wait(shutdown_budget(settings_with_env(monkeypatch, image_env))
-                         + SHUTDOWN_MARGIN)
+        code = proc.wait(
+            shutdown_budget(settings_with_env(monkeypatch, image_env)) + SHUTDOWN_MARGIN
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,7 +21,11 @@ from tests.deploy.artifacts import (
 def test_k8s_manifests_validate_offline() -> None:
     docs = k8s_documents()
     assert {d["kind"] for d in docs} >= {
-        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
     broken = k8s_kind("Deployment")
@@ -39,8 +43,9 @@ def test_k8s_deployment_probes_security_and_grace(monkeypatch: pytest.MonkeyPatc
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == int(instruction(final_stage(), "USER")
-                                                      .split(":")[0])
+    assert pod["securityContext"]["runAsUser"] == int(
+        instruction(final_stage(), "USER").split(":")[0]
+    )
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
@@ -51,8 +56,9 @@ def test_k8s_deployment_probes_security_and_grace(monkeypatch: pytest.MonkeyPatc
     [ref] = container["envFrom"]
     configmap = k8s_kind("ConfigMap")
     assert ref["configMapRef"]["name"] == configmap["metadata"]["name"]
-    settings = settings_with_env(monkeypatch, {**dockerfile_env(final_stage()),
-                                               **configmap["data"]})
+    settings = settings_with_env(
+        monkeypatch, {**dockerfile_env(final_stage()), **configmap["data"]}
+    )
     # terminationGracePeriodSeconds counts from the start of preStop.
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     budget = pre_stop + shutdown_budget(settings)

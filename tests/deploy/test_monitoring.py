@@ -47,11 +47,13 @@ from tests.support.process import (
 
 # -- the parsers themselves --------------------------------------------------------
 
-def test_promql_metric_names_skips_functions_labels_and_keywords() -> None:
-    expr = ('histogram_quantile(0.99, sum by (route, le) (rate(a_bucket{route=~"/v1.*"}[5m])))'
-            ' / on (instance) group_left b_total offset 5m > bool 1e3 and up == 0')
-    assert promql_metric_names(expr) == {"a_bucket", "b_total", "up"}
 
+def test_promql_metric_names_skips_functions_labels_and_keywords() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (route, le) (rate(a_bucket{route=~"/v1.*"}[5m])))'
+        " / on (instance) group_left b_total offset 5m > bool 1e3 and up == 0"
+    )
+    assert promql_metric_names(expr) == {"a_bucket", "b_total", "up"}
 
 
 def test_prometheus_config_rules_and_rule_tests_pass_promtool(tmp_path: Path) -> None:
@@ -59,13 +61,16 @@ def test_prometheus_config_rules_and_rule_tests_pass_promtool(tmp_path: Path) ->
     stack = load_stack_script()
     generated = tmp_path / "prometheus.yml"
     generated.write_text(yaml.safe_dump(stack.prometheus_config("127.0.0.1:8081", "1s")))
-    for args in (["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
-                 ["check", "config", str(generated)],
-                 ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
-                 # Each alert fires on synthetic series and stays quiet on healthy ones.
-                 ["test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml")]):
-        result = subprocess.run([promtool, *args], capture_output=True, text=True,
-                                timeout=60, check=False)
+    for args in (
+        ["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+        ["check", "config", str(generated)],
+        ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
+        # Each alert fires on synthetic series and stays quiet on healthy ones.
+        ["test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml")],
+    ):
+        result = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=60, check=False
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -101,23 +106,28 @@ def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
     # What the issue asks the dashboard to show.
     names = set().union(*(promql_metric_names(e) for e in dashboard_exprs()))
     assert {
-        "service_http_requests_total", "service_http_request_duration_seconds_bucket",
-        "service_event_loop_lag_seconds_bucket", "service_asyncio_tasks",
-        "service_pipeline_queue_depth", "service_executor_jobs",
-        "service_downstream_requests_total", "service_downstream_circuit_open",
+        "service_http_requests_total",
+        "service_http_request_duration_seconds_bucket",
+        "service_event_loop_lag_seconds_bucket",
+        "service_asyncio_tasks",
+        "service_pipeline_queue_depth",
+        "service_executor_jobs",
+        "service_downstream_requests_total",
+        "service_downstream_circuit_open",
         "service_tcp_connections_active",
     } <= names
     # The provider loads the directory that compose mounts the dashboards into.
     [provider] = yaml.safe_load(
-        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text())["providers"]
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text()
+    )["providers"]
     grafana = compose()["services"]["grafana"]
     assert f"./config/grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
 
 
-
 # -- make stack: a real Prometheus against the running service -----------------------
+
 
 def _drive_traffic(http_port: int, tcp_port: int) -> None:
     """A little of everything, so the labelled families that can get children get them."""
@@ -125,14 +135,15 @@ def _drive_traffic(http_port: int, tcp_port: int) -> None:
     for path in ("/livez", "/readyz", "/v1/info", "/v1/users/1/summary", "/no-such-route"):
         for _ in range(3):
             http_get(base + path)
-    for path, body in (("/v1/events", {"user_id": "1", "type": "deploy-test"}),
-                       ("/v1/hash", {"data": "deploy-test"})):
+    for path, body in (
+        ("/v1/events", {"user_id": "1", "type": "deploy-test"}),
+        ("/v1/hash", {"data": "deploy-test"}),
+    ):
         http_post_json(base + path, body)
     with socket.create_connection(("127.0.0.1", tcp_port), 5) as conn:
         conn.sendall(b"PING\n")
         conn.settimeout(5)
         assert conn.recv(64).startswith(b"PONG")
-
 
 
 def _prometheus_api(port: int, path: str, **params: str) -> Any:
@@ -150,7 +161,8 @@ def _family_of(name: str) -> list[str]:
 
 
 def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`make stack` with free ports: Prometheus finds up == 1 and every queried metric.
 
     A metric family with samples on /metrics must be found through Prometheus'
@@ -161,17 +173,31 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
     it. A name the service does not define at all fails either way.
     """
     require_tool("prometheus")
-    ports = {name: free_port() for name in
-             ("http", "tcp", "admin", "users", "orders", "prometheus")}
+    ports = {
+        name: free_port() for name in ("http", "tcp", "admin", "users", "orders", "prometheus")
+    }
     out = tmp_path / "stack.log"
     with out.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "stack.py"), "--scrape-interval", "1s",
-             *(arg for name, port in ports.items() if name not in ("users", "orders")
-               for arg in (f"--{name}-port", str(port))),
-             "--stub-port", f"users={ports['users']}", "--stub-port", f"orders={ports['orders']}"],
-            stdout=log, stderr=subprocess.STDOUT, env={
-                k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")},
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "stack.py"),
+                "--scrape-interval",
+                "1s",
+                *(
+                    arg
+                    for name, port in ports.items()
+                    if name not in ("users", "orders")
+                    for arg in (f"--{name}-port", str(port))
+                ),
+                "--stub-port",
+                f"users={ports['users']}",
+                "--stub-port",
+                f"orders={ports['orders']}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")},
         )
     try:
         deadline = time.monotonic() + 45
@@ -201,8 +227,9 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
         assert set(health) == set(rule_exprs()), "every alert rule is loaded and evaluates"
         print("queried, not yet sampled (checked by # HELP):", sorted(queried - must_scrape))
         for name in sorted(queried - must_scrape):
-            assert any(f in helped for f in _family_of(name)), \
+            assert any(f in helped for f in _family_of(name)), (
                 f"{name} is queried by the dashboard or an alert, but not exported"
+            )
         # Ctrl-C stops everything; the service drains first and exits cleanly.
         proc.send_signal(signal.SIGINT)
         budget = shutdown_budget(settings_with_env(monkeypatch, {}))

@@ -42,18 +42,39 @@ def _ndjson(ctx: Any, value: Any) -> bytes:
 
 
 # Invalid input may also be refused as 413: SPEC.md answers "too many events" so.
-CONFIG = schemathesis.config.SchemathesisConfig.from_dict({"checks": {
-    "negative_data_rejection": {"expected-statuses": [
-        "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429",
-        "5xx"]}}})
+CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5xx",
+                ]
+            }
+        }
+    }
+)
 
 
 @pytest.fixture(scope="module")
 def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     data = tmp_path_factory.mktemp("openapi")
     env = {"SERVICE_PIPELINE__SINK_PATH": str(data / "events.jsonl")}
-    with running_service(["stub", "--name", "users", "--port", "0"]) as users, \
-            running_service(["stub", "--name", "orders", "--port", "0"]) as orders:
+    with (
+        running_service(["stub", "--name", "users", "--port", "0"]) as users,
+        running_service(["stub", "--name", "orders", "--port", "0"]) as orders,
+    ):
         env["SERVICE_DOWNSTREAM__USERS_URL"] = users.url()
         env["SERVICE_DOWNSTREAM__ORDERS_URL"] = orders.url()
         with running_service(env=env) as proc:
@@ -75,14 +96,16 @@ def _operations() -> list[tuple[str, schemathesis.GenerationMode]]:
         for method, op in item.items():
             pairs.append((f"{method.upper()} {path}", schemathesis.GenerationMode.POSITIVE))
             # An optional free-form header is all some routes take: no invalid input.
-            if "requestBody" in op or any("name" in p and p.get("in") == "path"
-                                          for p in op.get("parameters", [])):
+            if "requestBody" in op or any(
+                "name" in p and p.get("in") == "path" for p in op.get("parameters", [])
+            ):
                 pairs.append((f"{method.upper()} {path}", schemathesis.GenerationMode.NEGATIVE))
     return pairs
 
 
-@pytest.mark.parametrize(("label", "mode"), _operations(),
-                         ids=lambda v: v.value if isinstance(v, Enum) else v)
+@pytest.mark.parametrize(
+    ("label", "mode"), _operations(), ids=lambda v: v.value if isinstance(v, Enum) else v
+)
 def test_api_conforms_to_its_openapi_document(
     api_schema: Any, label: str, mode: schemathesis.GenerationMode
 ) -> None:
@@ -91,8 +114,12 @@ def test_api_conforms_to_its_openapi_document(
     assert operation is not None, label
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: Any) -> None:
         if operation.path == "/v1/events/stream":
             _check_stream_head(case)
@@ -109,8 +136,9 @@ def _check_stream_head(case: Any) -> None:
     kwargs = case.as_transport_kwargs()
     with requests.request(**kwargs, stream=True, timeout=10) as response:
         assert response.status_code in (200, 503), response.status_code
-        expected = "application/x-ndjson" if response.status_code == 200 else \
-            "application/problem+json"
+        expected = (
+            "application/x-ndjson" if response.status_code == 200 else "application/problem+json"
+        )
         assert response.headers["Content-Type"].startswith(expected)
         assert sane_request_id(response.headers["X-Request-ID"])
 
@@ -125,8 +153,16 @@ def test_served_document_is_the_yaml(live_service: ServiceProcess) -> None:
 def test_document_lists_every_public_route(live_service: ServiceProcess) -> None:
     """Every route the service has is in the document (nothing undocumented)."""
     paths = set(load_spec(SPEC)["paths"])
-    assert {"/livez", "/readyz", "/v1/info", "/openapi.json", "/v1/events",
-            "/v1/events/stream", "/v1/users/{user_id}/summary", "/v1/hash"} <= paths
+    assert {
+        "/livez",
+        "/readyz",
+        "/v1/info",
+        "/openapi.json",
+        "/v1/events",
+        "/v1/events/stream",
+        "/v1/users/{user_id}/summary",
+        "/v1/hash",
+    } <= paths
     for path in paths:
         url = live_service.url(path.replace("{user_id}", "u1"))
         if path == "/v1/events/stream":
@@ -135,4 +171,3 @@ def test_document_lists_every_public_route(live_service: ServiceProcess) -> None
         # A missing route is a 404 from the router; a POST-only route answers 405.
         if status == 404 and path != "/v1/users/{user_id}/summary":
             pytest.fail(f"{path} is documented but the service has no such route")
-

@@ -27,8 +27,7 @@ EVENT = {"user_id": "u1", "type": "click", "payload": {"n": 1}}
 
 def make_app(tmp_path: Path, sink: MemorySink | None = None, **pipeline: Any) -> web.Application:
     settings = make_settings(
-        pipeline={"sink_path": str(tmp_path / "events.jsonl"), "flush_interval": 0.01,
-                  **pipeline},
+        pipeline={"sink_path": str(tmp_path / "events.jsonl"), "flush_interval": 0.01, **pipeline},
         http={"max_body_bytes": 64 * 1024, "max_events": 50},
         log={"access_log": False},
     )
@@ -54,13 +53,19 @@ async def drain(client: TestClient[web.Request, web.Application]) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("body", "ctype", "count"), [
-    (orjson.dumps(EVENT), "application/json", 1),
-    (orjson.dumps([EVENT] * 3), "application/json; charset=utf-8", 3),
-    (b"\n".join(orjson.dumps(EVENT) for _ in range(4)) + b"\n", "application/x-ndjson", 4),
-])
+@pytest.mark.parametrize(
+    ("body", "ctype", "count"),
+    [
+        (orjson.dumps(EVENT), "application/json", 1),
+        (orjson.dumps([EVENT] * 3), "application/json; charset=utf-8", 3),
+        (b"\n".join(orjson.dumps(EVENT) for _ in range(4)) + b"\n", "application/x-ndjson", 4),
+    ],
+)
 async def test_accepted_events_get_ids_that_are_in_the_sink(
-    client: TestClient[web.Request, web.Application], tmp_path: Path, body: bytes, ctype: str,
+    client: TestClient[web.Request, web.Application],
+    tmp_path: Path,
+    body: bytes,
+    ctype: str,
     count: int,
 ) -> None:
     resp = await client.post("/v1/events", data=body, headers={"Content-Type": ctype})
@@ -73,22 +78,40 @@ async def test_accepted_events_get_ids_that_are_in_the_sink(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("body", "ctype", "status", "field", "index"), [
-    (b"{not json", "application/json", 400, None, None),
-    (b'{"user_id":"u","type":"t"}\n{oops', "application/x-ndjson", 400, None, 1),
-    (b"<xml/>", "text/xml", 415, None, None),
-    (b"{}", "", 415, None, None),
-    (orjson.dumps([EVENT, {"user_id": "u", "type": "t", "colour": 1}]), "application/json",
-     422, "colour", 1),
-    (orjson.dumps([EVENT, EVENT, {"user_id": "", "type": "t"}]), "application/json", 422,
-     "user_id", 2),
-    (orjson.dumps({"type": "t"}), "application/json", 422, "user_id", None),
-    (orjson.dumps([EVENT] * 51), "application/json", 413, None, None),
-    (b"x" * (64 * 1024 + 1), "application/json", 413, None, None),
-])
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "field", "index"),
+    [
+        (b"{not json", "application/json", 400, None, None),
+        (b'{"user_id":"u","type":"t"}\n{oops', "application/x-ndjson", 400, None, 1),
+        (b"<xml/>", "text/xml", 415, None, None),
+        (b"{}", "", 415, None, None),
+        (
+            orjson.dumps([EVENT, {"user_id": "u", "type": "t", "colour": 1}]),
+            "application/json",
+            422,
+            "colour",
+            1,
+        ),
+        (
+            orjson.dumps([EVENT, EVENT, {"user_id": "", "type": "t"}]),
+            "application/json",
+            422,
+            "user_id",
+            2,
+        ),
+        (orjson.dumps({"type": "t"}), "application/json", 422, "user_id", None),
+        (orjson.dumps([EVENT] * 51), "application/json", 413, None, None),
+        (b"x" * (64 * 1024 + 1), "application/json", 413, None, None),
+    ],
+)
 async def test_bad_requests_name_the_problem_and_queue_nothing(
-    client: TestClient[web.Request, web.Application], tmp_path: Path, body: bytes, ctype: str,
-    status: int, field: str | None, index: int | None,
+    client: TestClient[web.Request, web.Application],
+    tmp_path: Path,
+    body: bytes,
+    ctype: str,
+    status: int,
+    field: str | None,
+    index: int | None,
 ) -> None:
     headers = {"Content-Type": ctype} if ctype else {}
     resp = await client.post("/v1/events", data=body, headers=headers)
@@ -165,9 +188,11 @@ async def test_a_stalled_sink_sheds_load_fast_with_bounded_memory(tmp_path: Path
         assert statuses.get(429, 0) >= 1900, statuses  # a few may fit as the writer batches
         assert p99(shed) < max(0.020, 2 * p99(live)), (p99(shed), p99(live))
         growth_mb = (rss_after - rss_full) / 2**20
-        print(f"\nRSS full: {rss_full / 2**20:.1f} MB, after 100,000-event burst: "
-              f"{rss_after / 2**20:.1f} MB (+{growth_mb:.1f}); 429 p99 "
-              f"{p99(shed) * 1000:.2f} ms, /livez p99 {p99(live) * 1000:.2f} ms")
+        print(
+            f"\nRSS full: {rss_full / 2**20:.1f} MB, after 100,000-event burst: "
+            f"{rss_after / 2**20:.1f} MB (+{growth_mb:.1f}); 429 p99 "
+            f"{p99(shed) * 1000:.2f} ms, /livez p99 {p99(live) * 1000:.2f} ms"
+        )
         assert growth_mb < 16
         metrics = app[METRICS]
         assert metrics.pipeline_rejected.labels("full").value >= 1900

@@ -23,8 +23,9 @@ COST = 1024  # cheap: these tests are about the HTTP contract, not the cost
 
 @pytest_asyncio.fixture
 async def client() -> AsyncIterator[TestClient[Any, Any]]:
-    settings = make_settings(offload={"hash_cost": COST, "cpu_workers": 1, "max_queued": 1,
-                                      "hash_max_data_bytes": 16})
+    settings = make_settings(
+        offload={"hash_cost": COST, "cpu_workers": 1, "max_queued": 1, "hash_max_data_bytes": 16}
+    )
     async with TestClient(TestServer(create_app(settings))) as client:
         yield client
 
@@ -43,22 +44,27 @@ async def test_digest_is_scrypt_of_data_and_salt(client: TestClient[Any, Any]) -
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("body", "field"), [
-    ([1, 2], "body"),
-    ({}, "data"),
-    ({"data": 5}, "data"),
-    ({"data": "x" * 17}, "data"),  # over hash_max_data_bytes
-    ({"data": "é" * 9}, "data"),  # 9 characters, 18 bytes: the limit is in bytes
-    ({"data": "x", "salt": "zz"}, "salt"),
-    ({"data": "x", "salt": "abc"}, "salt"),  # odd length
-    ({"data": "x", "salt": "00" * 4}, "salt"),  # too short
-    ({"data": "x", "salt": "00" * 65}, "salt"),  # too long
-    ({"data": "x", "salt": 7}, "salt"),
-    ({"data": "x", "salt": None}, "salt"),  # null is not "absent" (schemathesis found it)
-    ({"data": "x", "pepper": "y"}, "pepper"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([1, 2], "body"),
+        ({}, "data"),
+        ({"data": 5}, "data"),
+        ({"data": "x" * 17}, "data"),  # over hash_max_data_bytes
+        ({"data": "é" * 9}, "data"),  # 9 characters, 18 bytes: the limit is in bytes
+        ({"data": "x", "salt": "zz"}, "salt"),
+        ({"data": "x", "salt": "abc"}, "salt"),  # odd length
+        ({"data": "x", "salt": "00" * 4}, "salt"),  # too short
+        ({"data": "x", "salt": "00" * 65}, "salt"),  # too long
+        ({"data": "x", "salt": 7}, "salt"),
+        ({"data": "x", "salt": None}, "salt"),  # null is not "absent" (schemathesis found it)
+        ({"data": "x", "pepper": "y"}, "pepper"),
+    ],
+)
 async def test_invalid_input_is_422_naming_the_field(
-    client: TestClient[Any, Any], body: Any, field: str,
+    client: TestClient[Any, Any],
+    body: Any,
+    field: str,
 ) -> None:
     resp = await client.post("/v1/hash", json=body)
     assert resp.status == 422
@@ -68,15 +74,18 @@ async def test_invalid_input_is_422_naming_the_field(
 
 @pytest.mark.asyncio
 async def test_malformed_json_is_400_and_wrong_type_is_415(client: TestClient[Any, Any]) -> None:
-    resp = await client.post("/v1/hash", data=b'{"data": ',
-                             headers={"Content-Type": "application/json"})
+    resp = await client.post(
+        "/v1/hash", data=b'{"data": ', headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 400
     assert resp.content_type == "application/problem+json"
-    resp = await client.post("/v1/hash", data=b'{"data": "\xff"}',
-                             headers={"Content-Type": "application/json"})
+    resp = await client.post(
+        "/v1/hash", data=b'{"data": "\xff"}', headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 400
-    resp = await client.post("/v1/hash", data=b"data=x",
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    resp = await client.post(
+        "/v1/hash", data=b"data=x", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert resp.status == 415
 
 

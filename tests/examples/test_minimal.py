@@ -25,7 +25,8 @@ def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
 
 
 def test_the_minimal_example_serves_its_route_stage_and_tcp_then_stops_clean(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     sink = tmp_path / "notes.jsonl"
     env = {"SERVICE_PIPELINE__SINK_PATH": str(sink)}
     with running_service([], env=env, module="examples.minimal") as proc:
@@ -41,14 +42,17 @@ def test_the_minimal_example_serves_its_route_stage_and_tcp_then_stops_clean(
             sock.sendall(b"PING\nhi there\n")
             assert sock.makefile("rb").readline() == b"PONG\n"
         metrics = scrape(proc.url("/metrics", "admin"))
-        assert metrics['service_http_requests_total{method="POST",route="/notes",status="202"}'] \
-            == 2
+        assert (
+            metrics['service_http_requests_total{method="POST",route="/notes",status="202"}'] == 2
+        )
         assert metrics['service_pipeline_queue_capacity{stage="shout"}'] == 1000
         assert metrics["service_ready"] == 1
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     lines = [json.loads(line) for line in sink.read_text().splitlines()]
     assert [(line["id"], line["text"]) for line in lines] == [
-        (ids[0], "HELLO"), (ids[1], "QUIET PLEASE")]
+        (ids[0], "HELLO"),
+        (ids[1], "QUIET PLEASE"),
+    ]
     (summary,) = proc.events("shutdown complete")
     assert summary["accepted"] == summary["delivered"] == 2

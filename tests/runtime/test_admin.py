@@ -19,9 +19,10 @@ from tests.support.settings import make_settings
 @asynccontextmanager
 async def started(debug: bool) -> AsyncIterator[tuple[Service, dict[str, int]]]:
     """A whole service in this process (both listeners on free loopback ports)."""
-    service = Service(make_settings(admin={"debug": debug},
-                                    shutdown={"grace_seconds": 1, "cancel_seconds": 1}),
-                      create_app)
+    service = Service(
+        make_settings(admin={"debug": debug}, shutdown={"grace_seconds": 1, "cancel_seconds": 1}),
+        create_app,
+    )
     ports = await service.start()
     try:
         yield service, ports
@@ -81,8 +82,11 @@ async def test_debug_tasks_lists_every_task() -> None:
         assert set(row) == {"name", "group", "state", "coroutine", "top_frame"}
     mine = rows["pipeline:test-parked"]
     assert mine == {
-        "name": "pipeline:test-parked", "group": "pipeline", "state": "pending",
-        "coroutine": mine["coroutine"], "top_frame": mine["top_frame"],
+        "name": "pipeline:test-parked",
+        "group": "pipeline",
+        "state": "pending",
+        "coroutine": mine["coroutine"],
+        "top_frame": mine["top_frame"],
     }
     assert mine["coroutine"].endswith("parked")
     assert "test_admin.py" in mine["top_frame"]

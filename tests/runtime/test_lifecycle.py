@@ -37,8 +37,11 @@ def test_sigterm_when_idle_exits_0_within_1s(loop: str) -> None:
     assert summary["level"] == "info"
     assert "tasks_cancelled" in summary
     assert [e["event"] for e in svc.lines if e["event"].startswith("shutdown step")] == [
-        "shutdown step 1: not ready", "shutdown step 2: listeners closed",
-        "shutdown step 3: in-flight work finished", "shutdown step 4: drained"]
+        "shutdown step 1: not ready",
+        "shutdown step 2: listeners closed",
+        "shutdown step 3: in-flight work finished",
+        "shutdown step 4: drained",
+    ]
 
 
 def test_sigint_is_the_same_as_sigterm() -> None:
@@ -48,13 +51,15 @@ def test_sigint_is_the_same_as_sigterm() -> None:
     assert took < 1.0
 
 
-async def _raw_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   path: str) -> tuple[int, dict[str, str]]:
+async def _raw_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[int, dict[str, str]]:
     writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     head = (await reader.readuntil(b"\r\n\r\n")).decode()
     lines = head.split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]
-                                                   if line)}
+    headers = {
+        k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+    }
     await reader.readexactly(int(headers.get("content-length", "0")))
     return int(lines[0].split()[1]), headers
 
@@ -89,16 +94,23 @@ async def _drain_under_load(svc: ServiceProcess, n: int, seconds: float) -> dict
             writer.close()
         results = await asyncio.gather(*requests, return_exceptions=True)
     code = await asyncio.to_thread(svc.wait, 30)
-    return {"results": results, "ready_during": ready_during, "code": code,
-            "took": time.monotonic() - signalled}
+    return {
+        "results": results,
+        "ready_during": ready_during,
+        "code": code,
+        "took": time.monotonic() - signalled,
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_sigterm_with_200_slow_requests_in_flight(loop: str) -> None:
     grace = 4.0
-    env = {"SERVICE_SHUTDOWN__GRACE_SECONDS": str(grace), "SERVICE_LOOP__KIND": loop,
-           "SERVICE_LOG__ACCESS_LOG": "false"}
+    env = {
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": str(grace),
+        "SERVICE_LOOP__KIND": loop,
+        "SERVICE_LOG__ACCESS_LOG": "false",
+    }
     with running_service(module=SLOW_APP, env=env) as svc:
         out = asyncio.run(_drain_under_load(svc, 200, seconds=1.5))
     assert out["code"] == 0, svc.output()[-3000:]
@@ -116,15 +128,16 @@ def test_sigterm_with_200_slow_requests_in_flight(loop: str) -> None:
 @pytest.mark.slow
 def test_requests_longer_than_the_grace_period_are_cut_and_exit_is_bounded() -> None:
     grace, cancel = 1.0, 0.5
-    env = {"SERVICE_SHUTDOWN__GRACE_SECONDS": str(grace),
-           "SERVICE_SHUTDOWN__CANCEL_SECONDS": str(cancel)}
+    env = {
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": str(grace),
+        "SERVICE_SHUTDOWN__CANCEL_SECONDS": str(cancel),
+    }
     with running_service(module=SLOW_APP, env=env) as svc:
         out = asyncio.run(_drain_under_load(svc, 5, seconds=30))
     assert out["code"] == 0
     assert all(isinstance(r, aiohttp.ClientError) for r in out["results"]), out["results"]
     assert out["took"] < grace + 2 * cancel + 1.0, out["took"]
-    assert any(e["event"] == "grace period over: closing busy HTTP connections"
-               for e in svc.lines)
+    assert any(e["event"] == "grace period over: closing busy HTTP connections" for e in svc.lines)
 
 
 @pytest.mark.slow
@@ -141,10 +154,10 @@ def test_readiness_delay_keeps_serving_new_connections() -> None:
                 while time.monotonic() - start < delay * 0.7:
                     await asyncio.sleep(0.1)
                     # A fresh connection each time: the listener must still accept.
-                    async with session.get(f"{base}/readyz", headers={"Connection": "close"}
-                                           ) as ready, \
-                            session.get(f"{base}/livez", headers={"Connection": "close"}
-                                        ) as live:
+                    async with (
+                        session.get(f"{base}/readyz", headers={"Connection": "close"}) as ready,
+                        session.get(f"{base}/livez", headers={"Connection": "close"}) as live,
+                    ):
                         seen.append((time.monotonic() - start, ready.status, live.status))
             return seen
 
@@ -164,8 +177,7 @@ def test_second_signal_exits_at_once() -> None:
 
         async def scenario() -> float:
             async with aiohttp.ClientSession() as session:
-                request = asyncio.create_task(
-                    session.get(svc.url("/test/slow?seconds=30")))
+                request = asyncio.create_task(session.get(svc.url("/test/slow?seconds=30")))
                 await asyncio.sleep(0.3)
                 svc.signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
@@ -186,8 +198,7 @@ def test_second_signal_exits_at_once() -> None:
     assert svc.events("second signal: exiting at once")
 
 
-async def _post_loops(port: int, loops: int, stop_after: float,
-                      on_start: Any) -> dict[str, Any]:
+async def _post_loops(port: int, loops: int, stop_after: float, on_start: Any) -> dict[str, Any]:
     """``loops`` keep-alive clients POSTing until the service goes away."""
     url = f"http://127.0.0.1:{port}/test/slow?seconds=0.02"
     ok = refused = 0
@@ -223,8 +234,9 @@ async def _post_loops(port: int, loops: int, stop_after: float,
 def test_keepalive_post_loops_across_sigterm_see_no_dropped_request(loop: str) -> None:
     env = {"SERVICE_LOOP__KIND": loop, "SERVICE_LOG__ACCESS_LOG": "false"}
     with running_service(module=SLOW_APP, env=env) as svc:
-        out = asyncio.run(_post_loops(svc.ports["http"], 50, 15.0,
-                                      lambda: svc.signal(signal.SIGTERM)))
+        out = asyncio.run(
+            _post_loops(svc.ports["http"], 50, 15.0, lambda: svc.signal(signal.SIGTERM))
+        )
         code = svc.wait(15)
     assert out["dropped"] == [], out
     assert out["refused"] == 50

@@ -82,6 +82,7 @@ def test_buffered_sink_writes_on_flush_and_at_once_for_errors() -> None:
     sink.flush()
     assert buf.getvalue() == b"a\nb\nc\n"
 
+
 @pytest.mark.asyncio
 async def test_buffered_access_lines_are_settled_by_the_owner_thread_only() -> None:
     """Batched access lines: written at the loop's flush and scrape, never by other threads'."""
@@ -92,12 +93,15 @@ async def test_buffered_access_lines_are_settled_by_the_owner_thread_only() -> N
     app = create_app(make_settings())
     try:
         async with TestClient(TestServer(app)) as client:
-            rids = [(await client.get(path)).headers["X-Request-ID"]
-                    for path in ("/v1/info", "/v1/nope", "/livez")]
+            rids = [
+                (await client.get(path)).headers["X-Request-ID"]
+                for path in ("/v1/info", "/v1/nope", "/livez")
+            ]
             assert buf.getvalue() == b""  # waiting for the flush
             # An error flushed from another thread does not render the loop's records.
             other = threading.Thread(
-                target=lambda: sink.write_line(b'{"event":"boom"}', urgent=True))
+                target=lambda: sink.write_line(b'{"event":"boom"}', urgent=True)
+            )
             other.start()
             other.join()
             assert buf.getvalue() == b'{"event":"boom"}\n'
@@ -108,7 +112,10 @@ async def test_buffered_access_lines_are_settled_by_the_owner_thread_only() -> N
             assert requests.labels("GET", "unmatched", "404").value == 1
             out = lines(buf)[1:]  # flushes on this (the owner) thread
             assert [(a["request_id"], a["status"], a["path"]) for a in out] == [
-                (rids[0], 200, "/v1/info"), (rids[1], 404, "/v1/nope"), (rids[2], 200, "/livez")]
+                (rids[0], 200, "/v1/info"),
+                (rids[1], 404, "/v1/nope"),
+                (rids[2], 200, "/livez"),
+            ]
             assert all(0 < a["duration_ms"] < 5000 for a in out)
             # Switching buffering off writes whatever is still waiting (shutdown).
             rid = (await client.get("/livez")).headers["X-Request-ID"]
@@ -125,10 +132,20 @@ def test_access_log_line_fields_and_escaping() -> None:
     access.log("GET", "/v1/info", "/v1/info", 200, 0.0015, "rid-1", "127.0.0.1", "ua")
     access.log("POST", '/v1/"r"', '/v1/users/"x\\', 404, 0.002, "rid-2", None, None)
     first, second = lines(buf)
-    assert first == {"event": "access", "logger": "access", "level": "info",
-                     "timestamp": first["timestamp"], "request_id": "rid-1", "method": "GET",
-                     "route": "/v1/info", "path": "/v1/info", "status": 200,
-                     "duration_ms": 1.5, "remote": "127.0.0.1", "user_agent": "ua"}
+    assert first == {
+        "event": "access",
+        "logger": "access",
+        "level": "info",
+        "timestamp": first["timestamp"],
+        "request_id": "rid-1",
+        "method": "GET",
+        "route": "/v1/info",
+        "path": "/v1/info",
+        "status": 200,
+        "duration_ms": 1.5,
+        "remote": "127.0.0.1",
+        "user_agent": "ua",
+    }
     assert second["route"] == '/v1/"r"'
     assert second["path"] == '/v1/users/"x\\'
     assert second["remote"] is None
@@ -159,7 +176,11 @@ async def test_request_id_in_every_line_of_a_request(log_output: io.BytesIO) -> 
     out = lines(log_output)
     mine = [line for line in out if line.get("request_id") == "req-abc.1"]
     assert {line["event"] for line in mine} == {
-        "in handler", "aiohttp record", "asyncio record", "access"}
+        "in handler",
+        "aiohttp record",
+        "asyncio record",
+        "access",
+    }
     by_logger = {line["logger"]: line for line in mine}
     assert {"test.handler", "aiohttp.server", "asyncio", "access"} <= set(by_logger)
     assert len([line for line in out if line.get("request_id") == other_id]) == 4
@@ -194,16 +215,20 @@ async def test_hostile_header_value_yields_exactly_one_access_line(
     try:
         ua = 'x" , "event": "forged\\ \u2028 \u0085'
         reader, writer = await asyncio.open_connection(server.host, server.port)
-        writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\nUser-Agent: "
-                     + ua.encode() + b"\r\n\r\n")
+        writer.write(
+            b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\nUser-Agent: "
+            + ua.encode()
+            + b"\r\n\r\n"
+        )
         await writer.drain()
         head = await reader.read()
         writer.close()
         assert head.startswith(b"HTTP/1.1 200")
     finally:
         await server.close()
-    raw = [r for r in (log.sink().flush(), log_output.getvalue())[1].splitlines()
-           if b'"access"' in r]
+    raw = [
+        r for r in (log.sink().flush(), log_output.getvalue())[1].splitlines() if b'"access"' in r
+    ]
     assert len(raw) == 1
     access = json.loads(raw[0])
     assert access["user_agent"] == ua
@@ -228,7 +253,8 @@ def test_console_renderer_escapes_control_characters() -> None:
     log.get_logger("c").info("event\r\nforged", value="a\nb\x1b[31m")
     logging.getLogger("lib").warning("std\nlib")
     AccessLog(LogSettings(format="console")).log(
-        "GET", "/r", "/r", 200, 0.001, "rid", None, "ua\r\nforged")
+        "GET", "/r", "/r", 200, 0.001, "rid", None, "ua\r\nforged"
+    )
     log.sink().flush()
     text = buf.getvalue().decode()
     assert text.count("\n") == 3, text
@@ -238,8 +264,9 @@ def test_console_renderer_escapes_control_characters() -> None:
 
 @pytest.mark.asyncio
 async def test_access_log_switched_off(log_output: io.BytesIO) -> None:
-    async with TestClient(TestServer(create_app(make_settings(
-            log={"access_log": False})))) as client:
+    async with TestClient(
+        TestServer(create_app(make_settings(log={"access_log": False})))
+    ) as client:
         for _ in range(5):
             assert (await client.get("/livez")).status == 200
         assert (await client.get("/nope")).status == 404
@@ -249,8 +276,9 @@ async def test_access_log_switched_off(log_output: io.BytesIO) -> None:
 @pytest.mark.asyncio
 async def test_access_log_sampling_keeps_errors(log_output: io.BytesIO) -> None:
     n = 400
-    async with TestClient(TestServer(create_app(make_settings(
-            log={"access_log_sample": 0.25})))) as client:
+    async with TestClient(
+        TestServer(create_app(make_settings(log={"access_log_sample": 0.25})))
+    ) as client:
         for _ in range(n):
             assert (await client.get("/livez")).status == 200
         for _ in range(20):
@@ -269,12 +297,16 @@ async def test_console_access_log_samples_once() -> None:
     buf = io.BytesIO()
     log.configure(LogSettings(format="console", flush_interval=0), stream=buf)
     n = 400
-    async with TestClient(TestServer(create_app(make_settings(
-            log={"format": "console", "access_log_sample": 0.25})))) as client:
+    async with TestClient(
+        TestServer(create_app(make_settings(log={"format": "console", "access_log_sample": 0.25})))
+    ) as client:
         for _ in range(n):
             assert (await client.get("/livez")).status == 200
     log.sink().flush()
-    ok = [line for line in buf.getvalue().decode().splitlines()
-          if "access" in line and "/livez" in line]
+    ok = [
+        line
+        for line in buf.getvalue().decode().splitlines()
+        if "access" in line and "/livez" in line
+    ]
     # Binomial(400, 0.25): mean 100, sd ~8.7 (sampled twice: mean 25); 50..150 is 5 sd.
     assert 50 <= len(ok) <= 150, len(ok)

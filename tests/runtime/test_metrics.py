@@ -37,8 +37,9 @@ def test_real_metrics_pass_promtool_and_name_every_spine_metric(loop: str) -> No
         svc.stop()
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=")
-    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
-                           timeout=30)
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     text = body.decode()
     for name, kind in SPINE_METRICS.items():
@@ -50,7 +51,7 @@ def test_real_metrics_pass_promtool_and_name_every_spine_metric(loop: str) -> No
     assert samples["service_event_loop_lag_seconds_count"] > 0
     assert any(k.startswith("process_resident_memory_bytes") for k in samples)
     assert any(k.startswith("python_gc_collections_total") for k in samples)
-    assert "service_asyncio_tasks{group=\"monitor\",state=\"pending\"}" in samples
+    assert 'service_asyncio_tasks{group="monitor",state="pending"}' in samples
 
 
 def _templated_app() -> web.Application:
@@ -76,13 +77,14 @@ async def test_route_label_is_the_template_never_the_raw_path() -> None:
         assert (await client.get("/random/raw-path-123")).status == 404
     text = generate_latest(app[METRICS].registry).decode()
     samples = parse_metrics(text)
-    key = 'service_http_requests_total{method="GET",route="/v1/things/{user_id}/summary",' \
-          'status="200"}'
+    key = (
+        'service_http_requests_total{method="GET",route="/v1/things/{user_id}/summary",'
+        'status="200"}'
+    )
     assert samples[key] == 3
     for raw in ("u1", "u2", "secret-user-77", "raw-path-123"):
         assert raw not in text
-    assert samples['service_http_requests_total{method="GET",route="unmatched",status="404"}'] \
-        == 1
+    assert samples['service_http_requests_total{method="GET",route="unmatched",status="404"}'] == 1
 
 
 @pytest.mark.asyncio
@@ -95,12 +97,16 @@ async def test_unknown_methods_collapse_into_other() -> None:
         assert (await client.request("PROPFIND", "/v1/info")).status == 405
         assert (await client.post("/any")).status == 200
     samples = parse_metrics(generate_latest(app[METRICS].registry).decode())
-    methods = {k.split('method="')[1].split('"')[0]
-               for k in samples if k.startswith("service_http_requests_total{")}
+    methods = {
+        k.split('method="')[1].split('"')[0]
+        for k in samples
+        if k.startswith("service_http_requests_total{")
+    }
     assert methods == {"other", "POST"}
     assert samples['service_http_requests_total{method="other",route="/any",status="200"}'] == 3
-    assert samples['service_http_requests_total{method="other",route="unmatched",status="405"}'] \
-        == 1
+    assert (
+        samples['service_http_requests_total{method="other",route="unmatched",status="405"}'] == 1
+    )
 
 
 def test_histogram_bucket_bounds_are_inclusive() -> None:

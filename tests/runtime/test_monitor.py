@@ -141,8 +141,11 @@ async def test_loop_lag_records_a_blocked_loop() -> None:
     assert child.sum - before >= 0.2
     samples = _samples(metrics)
     # At least one wake-up was later than 0.25 s, none of the idle ones were.
-    assert samples["service_event_loop_lag_seconds_count"] - \
-        samples['service_event_loop_lag_seconds_bucket{le="0.25"}'] >= 1
+    assert (
+        samples["service_event_loop_lag_seconds_count"]
+        - samples['service_event_loop_lag_seconds_bucket{le="0.25"}']
+        >= 1
+    )
     assert samples['service_event_loop_lag_seconds_bucket{le="0.1"}'] >= 2
 
 

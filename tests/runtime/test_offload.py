@@ -132,7 +132,9 @@ async def test_a_jobs_error_reaches_the_caller_and_its_run_time_is_observed(
 
 @pytest.mark.asyncio
 async def test_full_backlog_is_refused_at_once_and_counted(
-    offload: Offload, metrics: Metrics, gate: Gate,
+    offload: Offload,
+    metrics: Metrics,
+    gate: Gate,
 ) -> None:
     # 1 worker + 2 queued = 3 jobs in flight at most.
     tasks = [asyncio.create_task(offload.run_cpu(gate.job, i)) for i in range(3)]
@@ -156,7 +158,8 @@ async def test_full_backlog_is_refused_at_once_and_counted(
 
 @pytest.mark.asyncio
 async def test_cancelled_caller_keeps_the_slot_until_the_running_job_ends(
-    offload: Offload, gate: Gate,
+    offload: Offload,
+    gate: Gate,
 ) -> None:
     task = asyncio.create_task(offload.run_cpu(gate.job, 7))
     await gate.wait_started()
@@ -173,7 +176,8 @@ async def test_cancelled_caller_keeps_the_slot_until_the_running_job_ends(
 
 @pytest.mark.asyncio
 async def test_cancelled_caller_of_a_queued_job_frees_the_slot_and_the_job_never_runs(
-    offload: Offload, gate: Gate,
+    offload: Offload,
+    gate: Gate,
 ) -> None:
     running = asyncio.create_task(offload.run_cpu(gate.job, 1))
     await gate.wait_started()
@@ -200,7 +204,8 @@ async def test_io_jobs_are_not_bounded_by_the_cpu_backlog(offload: Offload, gate
 
 @pytest.mark.asyncio
 async def test_run_in_executor_on_the_io_pool_is_accounted_like_run_io(
-    offload: Offload, gate: Gate,
+    offload: Offload,
+    gate: Gate,
 ) -> None:
     """``run_in_executor(offload.io, ...)`` (the sink's way): context, metrics, shutdown apply."""
     loop = asyncio.get_running_loop()
@@ -309,10 +314,15 @@ def hash_service() -> Iterator[ServiceProcess]:
         yield proc
 
 
-def http_post(url: str, body: bytes, headers: dict[str, str] | None = None,
-              timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+def http_post(
+    url: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -338,8 +348,8 @@ def _post_in_background(url: str, answers: list[int] | None = None) -> threading
 
 def _lag_buckets(proc: ServiceProcess) -> dict[float, float]:
     samples = scrape(proc.url("/metrics", "admin"))
-    prefix = f"{LAG}{{le=\""
-    return {float(k[len(prefix):-2]): v for k, v in samples.items() if k.startswith(prefix)}
+    prefix = f'{LAG}{{le="'
+    return {float(k[len(prefix) : -2]): v for k, v in samples.items() if k.startswith(prefix)}
 
 
 def _p99_bound(before: dict[float, float], after: dict[float, float]) -> tuple[float, int]:
@@ -364,23 +374,41 @@ def _wait_executor(proc: ServiceProcess, running: int, queued: int, timeout: flo
         time.sleep(0.02)
 
 
-def _wrk(proc: ServiceProcess, path: str, tmp_path: Path, connections: int,
-         seconds: float) -> dict[str, float]:
+def _wrk(
+    proc: ServiceProcess, path: str, tmp_path: Path, connections: int, seconds: float
+) -> dict[str, float]:
     """POST a small hash request from another process (wrk) at full load."""
     wrk = require_tool("wrk")
     script = tmp_path / "post.lua"
-    script.write_text('wrk.method = "POST"\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n'
-                      'wrk.body = \'{"data": "correct horse battery staple"}\'\n')
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.body = \'{"data": "correct horse battery staple"}\'\n'
+    )
     out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
-         proc.url(path)], capture_output=True, text=True, timeout=seconds + 30, check=True,
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            proc.url(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
     ).stdout
     requests = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     assert requests is not None, out
-    return {"requests": float(requests.group(1)),
-            "non2xx": float(non2xx.group(1)) if non2xx else 0.0}
+    return {
+        "requests": float(requests.group(1)),
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+    }
 
 
 class Prober(threading.Thread):
@@ -438,7 +466,8 @@ def _responsiveness(proc: ServiceProcess, load: Callable[[], Any]) -> dict[str, 
 
 @pytest.mark.slow
 def test_hash_at_full_load_keeps_the_loop_responsive(
-    hash_service: ServiceProcess, tmp_path: Path,
+    hash_service: ServiceProcess,
+    tmp_path: Path,
 ) -> None:
     """Lag p99 < 10 ms and /livez p99 < 20 ms while the CPU executor is saturated.
 
@@ -453,21 +482,29 @@ def test_hash_at_full_load_keeps_the_loop_responsive(
     _wait_executor(proc, 0, 0)
     base = _responsiveness(proc, lambda: time.sleep(1.5))
     hashed_before = scrape(proc.url("/metrics", "admin"))[
-        'service_executor_job_duration_seconds_count{executor="cpu"}']
+        'service_executor_job_duration_seconds_count{executor="cpu"}'
+    ]
     wrk: dict[str, float] = {}
     loaded = _responsiveness(
-        proc, lambda: wrk.update(_wrk(proc, "/v1/hash", tmp_path, connections=8, seconds=3)))
-    hashed = scrape(proc.url("/metrics", "admin"))[
-        'service_executor_job_duration_seconds_count{executor="cpu"}'] - hashed_before
+        proc, lambda: wrk.update(_wrk(proc, "/v1/hash", tmp_path, connections=8, seconds=3))
+    )
+    hashed = (
+        scrape(proc.url("/metrics", "admin"))[
+            'service_executor_job_duration_seconds_count{executor="cpu"}'
+        ]
+        - hashed_before
+    )
     _wait_executor(proc, 0, 0)
     after = _responsiveness(proc, lambda: time.sleep(1.5))
     base = {key: max(base[key], after[key]) for key in base}
     lag_limit = max(0.010, _buckets_above(base["lag_p99"], 2))
     livez_limit = max(0.020, 3 * base["livez_p99"])
-    print(f"hash load: {wrk['requests']:.0f} requests, {hashed:.0f} hashed; lag p99 <= "
-          f"{loaded['lag_p99'] * 1000:g} ms (baseline <= {base['lag_p99'] * 1000:g} ms, limit "
-          f"{lag_limit * 1000:g}); /livez p99 {loaded['livez_p99'] * 1000:.2f} ms (baseline "
-          f"{base['livez_p99'] * 1000:.2f} ms, limit {livez_limit * 1000:.1f})")
+    print(
+        f"hash load: {wrk['requests']:.0f} requests, {hashed:.0f} hashed; lag p99 <= "
+        f"{loaded['lag_p99'] * 1000:g} ms (baseline <= {base['lag_p99'] * 1000:g} ms, limit "
+        f"{lag_limit * 1000:g}); /livez p99 {loaded['livez_p99'] * 1000:.2f} ms (baseline "
+        f"{base['livez_p99'] * 1000:.2f} ms, limit {livez_limit * 1000:.1f})"
+    )
     assert wrk["non2xx"] == 0  # 8 connections fit the backlog: all were hashed
     assert hashed >= 10
     assert loaded["lag_p99"] <= lag_limit
@@ -476,7 +513,8 @@ def test_hash_at_full_load_keeps_the_loop_responsive(
 
 @pytest.mark.slow
 def test_the_same_work_inline_on_the_loop_stalls_it(
-    hash_service: ServiceProcess, tmp_path: Path,
+    hash_service: ServiceProcess,
+    tmp_path: Path,
 ) -> None:
     """The contrast: the hash run on the loop (test app only) drives the lag p99 over 100 ms."""
     proc = hash_service
@@ -492,8 +530,9 @@ def test_request_id_reaches_the_log_line_written_inside_the_job(
     hash_service: ServiceProcess,
 ) -> None:
     rid = f"offload-test-{os.getpid()}"
-    status, headers, _ = http_post(hash_service.url("/v1/hash"), b'{"data": "x"}',
-                                   {"X-Request-ID": rid})
+    status, headers, _ = http_post(
+        hash_service.url("/v1/hash"), b'{"data": "x"}', {"X-Request-ID": rid}
+    )
     assert status == 200
     assert headers["X-Request-ID"] == rid
     deadline = time.monotonic() + 5
@@ -543,21 +582,26 @@ def test_full_backlog_answers_503_at_once_and_memory_stays_flat(
             return refused, livez
 
         rejected_before = scrape(proc.url("/metrics", "admin"))[
-            'service_executor_rejected_total{executor="cpu"}']
+            'service_executor_rejected_total{executor="cpu"}'
+        ]
         probe(500)  # warm-up: caches, metric children, allocator arenas
         assert proc.proc is not None
         rss_before = _rss_bytes(proc.proc.pid)
         refused, livez = probe(3000)
         rss_growth = _rss_bytes(proc.proc.pid) - rss_before
         conn.close()
-        rejected = scrape(proc.url("/metrics", "admin"))[
-            'service_executor_rejected_total{executor="cpu"}'] - rejected_before
+        rejected = (
+            scrape(proc.url("/metrics", "admin"))['service_executor_rejected_total{executor="cpu"}']
+            - rejected_before
+        )
         p99, base_p99 = _p99(refused), _p99(livez)
         # 5 ms, or twice the /livez p99 measured alongside on a machine busy with other work.
         limit = max(0.005, 2 * base_p99)
-        print(f"503 p99 {p99 * 1000:.2f} ms over {len(refused)} (/livez alongside "
-              f"{base_p99 * 1000:.2f} ms, limit {limit * 1000:.1f}), RSS growth "
-              f"{rss_growth / 1024:.0f} KiB")
+        print(
+            f"503 p99 {p99 * 1000:.2f} ms over {len(refused)} (/livez alongside "
+            f"{base_p99 * 1000:.2f} ms, limit {limit * 1000:.1f}), RSS growth "
+            f"{rss_growth / 1024:.0f} KiB"
+        )
         assert rejected == 3500
         assert p99 < limit
         assert rss_growth < 2 * 1024 * 1024  # < 700 bytes per refused request
@@ -570,8 +614,11 @@ def test_full_backlog_answers_503_at_once_and_memory_stays_flat(
 
 
 def _shutdown_service() -> ServiceProcess:
-    env = {**service_env(), "SERVICE_SHUTDOWN__GRACE_SECONDS": str(GRACE),
-           "SERVICE_OFFLOAD__CPU_WORKERS": "1"}
+    env = {
+        **service_env(),
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": str(GRACE),
+        "SERVICE_OFFLOAD__CPU_WORKERS": "1",
+    }
     proc = ServiceProcess([], env=env, module=APP).start()
     proc.wait_listening()
     return proc
@@ -581,8 +628,7 @@ GRACE = 2.0
 
 
 @pytest.mark.slow
-def test_sigterm_with_a_120s_job_exits_within_grace_plus_2s_and_says_it_was_abandoned(
-) -> None:
+def test_sigterm_with_a_120s_job_exits_within_grace_plus_2s_and_says_it_was_abandoned() -> None:
     proc = _shutdown_service()
     try:
         _post_in_background(proc.url("/test/block?seconds=120"))

@@ -20,8 +20,9 @@ class EventClient(threading.Thread):
 
     PER_SEND = 0  # events per request (HTTP) or per write (TCP)
 
-    def __init__(self, port: int, stop: threading.Event, *, timeout: float = 10.0,
-                 backoff: float = 0.005) -> None:
+    def __init__(
+        self, port: int, stop: threading.Event, *, timeout: float = 10.0, backoff: float = 0.005
+    ) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.stop_event = stop
@@ -56,8 +57,7 @@ class HttpEventClient(EventClient):
         try:
             while not self.stop_event.is_set():
                 try:
-                    conn.request("POST", "/v1/events", body,
-                                 {"Content-Type": "application/json"})
+                    conn.request("POST", "/v1/events", body, {"Content-Type": "application/json"})
                     resp = conn.getresponse()
                 except (OSError, http.client.HTTPException):
                     self.unanswered += self.PER_SEND
@@ -90,8 +90,10 @@ class TcpEventClient(EventClient):
     def send(self) -> None:
         line = json.dumps(EVENT).encode() + b"\n"
         n = self.PER_SEND
-        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock, \
-                sock.makefile("rb") as reader:
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock,
+            sock.makefile("rb") as reader,
+        ):
             while not self.stop_event.is_set():
                 sock.sendall(line * n)
                 for answered in range(n):
@@ -112,8 +114,14 @@ class TcpEventClient(EventClient):
                         raise AssertionError(f"unexpected answer {answer!r}")
 
 
-def start_clients(ports: Sequence[dict[str, int]], stop: threading.Event, *, http: int = 1,
-                  tcp: int = 1, **options: float) -> list[EventClient]:
+def start_clients(
+    ports: Sequence[dict[str, int]],
+    stop: threading.Event,
+    *,
+    http: int = 1,
+    tcp: int = 1,
+    **options: float,
+) -> list[EventClient]:
     """``http`` HTTP and ``tcp`` TCP clients per service (by its ports), started.
 
     ``options`` go to every client (``timeout``, and ``backoff`` for HTTP).

@@ -89,7 +89,8 @@ class LocalIntake:
         return self.offer_nowait(event)
 
 
-def demo_pipeline(settings: PipelineSettings, metrics: Metrics, users: UserLookup,
-                  sink: Sink) -> Pipeline:
+def demo_pipeline(
+    settings: PipelineSettings, metrics: Metrics, users: UserLookup, sink: Sink
+) -> Pipeline:
     """The demo's pipeline (the enrich stage, the demo's sink lines) around ``sink``."""
     return Pipeline(settings, metrics, [EnrichStage(users, metrics)], sink, encode_record)

@@ -40,18 +40,19 @@ CHUNK = 64 * 1024
 class FaultProxy:
     """Forward TCP from ``127.0.0.1:<port>`` to ``upstream``, injecting faults on demand."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, port: int = 0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, port: int = 0, seed: int | None = None
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._listen_port = port
         # Live knobs: tests change them while connections are open.
-        self.latency = 0.0                 # seconds each client chunk is held
+        self.latency = 0.0  # seconds each client chunk is held
         self.bandwidth: int | None = None  # bytes per second, upstream -> client
         self.reset_after: int | None = None  # RST after this many response bytes
         self.close_without_answer = False  # close right after the next request
-        self.fault_rate = 0.0              # random fault per request, of `faults`
+        self.fault_rate = 0.0  # random fault per request, of `faults`
         self.faults: tuple[Fault, ...] = FAULTS
-        self.random_latency = 1.0          # the delay of a random "latency" fault
+        self.random_latency = 1.0  # the delay of a random "latency" fault
         self.stats: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
@@ -133,9 +134,14 @@ class FaultProxy:
 class _Connection:
     """One proxied connection: two pumps and the fault chosen for the current request."""
 
-    def __init__(self, proxy: FaultProxy, client_r: asyncio.StreamReader,
-                 client_w: asyncio.StreamWriter, upstream_r: asyncio.StreamReader,
-                 upstream_w: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        proxy: FaultProxy,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        upstream_r: asyncio.StreamReader,
+        upstream_w: asyncio.StreamWriter,
+    ) -> None:
         self.proxy = proxy
         self.client_r, self.client_w = client_r, client_w
         self.upstream_r, self.upstream_w = upstream_r, upstream_w

@@ -36,8 +36,9 @@ def require_tool(name: str) -> str:
     return path
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0,
-                 sig: int = signal.SIGTERM) -> int:
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout: float = 10.0, sig: int = signal.SIGTERM
+) -> int:
     """Send ``sig`` (SIGTERM) and wait up to ``timeout``; SIGKILL if it is still there.
 
     Returns the exit code (negative when a signal ended it, as ``Popen`` says).
@@ -64,8 +65,13 @@ class ServiceProcess:
     ports from the ``listening`` log line.
     """
 
-    def __init__(self, args: list[str], env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, module: str = "service") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        module: str = "service",
+    ) -> None:
         self.args = args
         self.module = module  # e.g. "tests.apps.slow_service" (run from ROOT)
         self.env = {**os.environ, "SERVICE_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
@@ -80,9 +86,11 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], env=self.env,
+            [sys.executable, "-m", self.module, *self.args],
+            env=self.env,
             cwd=self.cwd or (ROOT if self.module != "service" else None),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -155,12 +163,18 @@ def service_env(**overrides: Any) -> dict[str, str]:
 
     The pipeline's sink is a fresh file under the temp directory, not ./data.
     """
-    sink = (Path(tempfile.gettempdir()) / f"service-tests-{os.getpid()}"
-            / f"events-{next(_sink_files)}.jsonl")
+    sink = (
+        Path(tempfile.gettempdir())
+        / f"service-tests-{os.getpid()}"
+        / f"events-{next(_sink_files)}.jsonl"
+    )
     env = {
-        "SERVICE_HTTP__HOST": "127.0.0.1", "SERVICE_HTTP__PORT": "0",
-        "SERVICE_TCP__HOST": "127.0.0.1", "SERVICE_TCP__PORT": "0",
-        "SERVICE_ADMIN__HOST": "127.0.0.1", "SERVICE_ADMIN__PORT": "0",
+        "SERVICE_HTTP__HOST": "127.0.0.1",
+        "SERVICE_HTTP__PORT": "0",
+        "SERVICE_TCP__HOST": "127.0.0.1",
+        "SERVICE_TCP__PORT": "0",
+        "SERVICE_ADMIN__HOST": "127.0.0.1",
+        "SERVICE_ADMIN__PORT": "0",
         "SERVICE_PIPELINE__SINK_PATH": str(sink),
     }
     env.update({k: str(v) for k, v in overrides.items()})
@@ -168,12 +182,20 @@ def service_env(**overrides: Any) -> dict[str, str]:
 
 
 @contextmanager
-def running_service(args: list[str] | None = None, env: Mapping[str, str] | None = None,
-                    cwd: Path | None = None, module: str = "service") -> Iterator[ServiceProcess]:
+def running_service(
+    args: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    module: str = "service",
+) -> Iterator[ServiceProcess]:
     """A started service (``serve`` unless ``args`` say otherwise), stopped at the end."""
     default_args = ["serve"] if module == "service" else []
-    proc = ServiceProcess(args if args is not None else default_args,
-                          env={**service_env(), **(env or {})}, cwd=cwd, module=module)
+    proc = ServiceProcess(
+        args if args is not None else default_args,
+        env={**service_env(), **(env or {})},
+        cwd=cwd,
+        module=module,
+    )
     proc.start()
     try:
         proc.wait_listening()
@@ -184,8 +206,9 @@ def running_service(args: list[str] | None = None, env: Mapping[str, str] | None
             proc.wait(10)
 
 
-def http_get(url: str, timeout: float = 5.0,
-             headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -21,8 +21,9 @@ from tests.support.process import free_port, require_tool, stop_process
 class RedisServer:
     """``redis-server`` on ``127.0.0.1:<port>`` with its files in ``directory``."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = True,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, appendonly: bool = True, port: int | None = None
+    ) -> None:
         self.binary = require_tool("redis-server")
         self.directory = directory
         self.appendonly = appendonly
@@ -35,19 +36,34 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--daemonize", "no",
-                "--logfile", str(self.directory / "redis.log"),
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 log = self.directory / "redis.log"
-                raise AssertionError(f"redis-server did not start:\n"
-                                     f"{log.read_text() if log.exists() else ''}")
+                raise AssertionError(
+                    f"redis-server did not start:\n{log.read_text() if log.exists() else ''}"
+                )
             time.sleep(0.02)
         return self
 

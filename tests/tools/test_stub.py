@@ -26,9 +26,11 @@ def test_dataset_is_deterministic() -> None:
 
 @pytest.mark.asyncio
 async def test_users_and_orders_routes() -> None:
-    async with stub.serving(stub.create_app("users")) as users_port, \
-            stub.serving(stub.create_app("orders")) as orders_port, \
-            aiohttp.ClientSession() as http:
+    async with (
+        stub.serving(stub.create_app("users")) as users_port,
+        stub.serving(stub.create_app("orders")) as orders_port,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.get(f"http://127.0.0.1:{users_port}/users/u42") as resp:
             assert resp.status == 200
             assert await resp.json() == stub.user_record(42)
@@ -68,8 +70,9 @@ async def test_honours_the_callers_deadline() -> None:
     app = stub.create_app("users", stub.Knobs(latency_ms=2000))
     async with stub.serving(app) as port, aiohttp.ClientSession() as http:
         started = time.perf_counter()
-        async with http.get(f"http://127.0.0.1:{port}/users/u1",
-                            headers={"X-Request-Deadline-Ms": "50"}) as resp:
+        async with http.get(
+            f"http://127.0.0.1:{port}/users/u1", headers={"X-Request-Deadline-Ms": "50"}
+        ) as resp:
             assert resp.status == 504
         assert time.perf_counter() - started < 1.0
         assert app[stub.STATS].deadline_exceeded == 1
@@ -79,6 +82,7 @@ async def test_honours_the_callers_deadline() -> None:
 async def test_counts_requests_the_caller_cancelled() -> None:
     app = stub.create_app("orders", stub.Knobs(latency_ms=5000))
     async with stub.serving(app) as port, aiohttp.ClientSession() as http:
+
         async def call() -> None:
             async with http.get(f"http://127.0.0.1:{port}/users/u1/orders") as resp:
                 await resp.read()
@@ -106,8 +110,9 @@ async def test_control_changes_knobs_and_resets_stats() -> None:
             assert (await resp.json())["error_rate"] == 1.0
         async with http.get(base + "/users/u1") as resp:
             assert resp.status == 503
-        async with http.post(base + "/control",
-                             json={"error_rate": 0, "reset_stats": True}) as resp:
+        async with http.post(
+            base + "/control", json={"error_rate": 0, "reset_stats": True}
+        ) as resp:
             assert resp.status == 200
         async with http.get(base + "/users/u1") as resp:
             assert resp.status == 200

@@ -61,7 +61,8 @@ async def post_events(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype != JSON and ctype not in NDJSON:
         raise UnsupportedMediaType(
-            f"Send events as {JSON} or application/x-ndjson, not {ctype or 'no content type'}.")
+            f"Send events as {JSON} or application/x-ndjson, not {ctype or 'no content type'}."
+        )
     if request.content_length is not None and request.content_length > http.max_body_bytes:
         raise PayloadTooLarge(f"The body may be at most {http.max_body_bytes} bytes.")
     try:
@@ -90,8 +91,9 @@ async def post_events(request: web.Request) -> web.Response:
         raise _overloaded(exc) from None
     except IntakeClosed:
         raise _draining() from None
-    return web.Response(body=orjson.dumps({"accepted": len(ids), "ids": ids}), status=202,
-                        content_type=JSON)
+    return web.Response(
+        body=orjson.dumps({"accepted": len(ids), "ids": ids}), status=202, content_type=JSON
+    )
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

@@ -48,16 +48,23 @@ SCRYPT_R, SCRYPT_P, DIGEST_BYTES = 8, 1, 32
 def scrypt_hex(data: bytes, salt: bytes, n: int) -> str:
     """The digest; runs in an executor thread, so it may block (and it logs with the request id)."""
     # scrypt needs 128 * r * n * p bytes; OpenSSL refuses more than 32 MiB unless told.
-    digest = hashlib.scrypt(data, salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=129 * SCRYPT_R * n * SCRYPT_P, dklen=DIGEST_BYTES).hex()
-    log.debug("hash computed", data_bytes=len(data), cost=n,
-              thread=threading.current_thread().name)
+    digest = hashlib.scrypt(
+        data,
+        salt=salt,
+        n=n,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=129 * SCRYPT_R * n * SCRYPT_P,
+        dklen=DIGEST_BYTES,
+    ).hex()
+    log.debug("hash computed", data_bytes=len(data), cost=n, thread=threading.current_thread().name)
     return digest
 
 
 def _invalid(field: str, detail: str) -> ValidationFailed:
-    return ValidationFailed(f"{field}: {detail}",
-                            extra={"errors": [{"field": field, "detail": detail}]})
+    return ValidationFailed(
+        f"{field}: {detail}", extra={"errors": [{"field": field, "detail": detail}]}
+    )
 
 
 def parse_request(body: bytes, max_data_bytes: int) -> tuple[bytes, bytes]:
@@ -101,8 +108,9 @@ async def hash_data(request: web.Request) -> web.Response:
     try:
         digest = await app[OFFLOAD].run_cpu(scrypt_hex, data, salt, settings.cost)
     except ExecutorBusy as exc:
-        raise Unavailable("the hash executor is busy; retry later",
-                          retry_after=exc.retry_after) from None
+        raise Unavailable(
+            "the hash executor is busy; retry later", retry_after=exc.retry_after
+        ) from None
     return web.Response(body=orjson.dumps({"digest": digest}), content_type="application/json")
 
 

@@ -54,10 +54,12 @@ async def summary(request: web.Request) -> web.Response:
     deadline = Deadline.after(budget - min(_RESERVE_MAX, budget * _RESERVE_SHARE))
     try:
         async with asyncio.timeout(budget), asyncio.TaskGroup() as tg:
-            user = tg.create_task(users_client.fetch_user(user_id, deadline),
-                                  name="downstream:summary-user")
-            found = tg.create_task(orders_client.fetch_orders(user_id, deadline),
-                                   name="downstream:summary-orders")
+            user = tg.create_task(
+                users_client.fetch_user(user_id, deadline), name="downstream:summary-user"
+            )
+            found = tg.create_task(
+                orders_client.fetch_orders(user_id, deadline), name="downstream:summary-orders"
+            )
     except (TimeoutError, ExceptionGroup) as exc:
         raise problem_for(exc) from None
     body = {"user": user.result(), "orders": _orders_summary(found.result())}
@@ -68,7 +70,12 @@ async def summary(request: web.Request) -> web.Response:
 # answer even if the sibling failed too; then "we did not try" (503), "out of
 # time" (504), "the downstream answered badly" (502).
 _PRECEDENCE: tuple[type[Exception], ...] = (
-    DownstreamNotFound, DownstreamUnavailable, DownstreamTimeout, TimeoutError, BadResponse)
+    DownstreamNotFound,
+    DownstreamUnavailable,
+    DownstreamTimeout,
+    TimeoutError,
+    BadResponse,
+)
 
 
 def problem_for(exc: TimeoutError | ExceptionGroup[Exception]) -> ProblemError | Exception:
@@ -80,13 +87,16 @@ def problem_for(exc: TimeoutError | ExceptionGroup[Exception]) -> ProblemError |
     errors = list(_leaves(exc))
     if not all(isinstance(e, _PRECEDENCE) for e in errors):
         return exc
-    first = min(errors, key=lambda e: next(
-        i for i, kind in enumerate(_PRECEDENCE) if isinstance(e, kind)))
+    first = min(
+        errors, key=lambda e: next(i for i, kind in enumerate(_PRECEDENCE) if isinstance(e, kind))
+    )
     if isinstance(first, DownstreamNotFound):
         return NotFound("no such user")
     if isinstance(first, DownstreamUnavailable):
-        return Unavailable(f"the {first.service} service is unavailable",
-                           retry_after=max(1, math.ceil(first.retry_after)))
+        return Unavailable(
+            f"the {first.service} service is unavailable",
+            retry_after=max(1, math.ceil(first.retry_after)),
+        )
     if isinstance(first, DownstreamTimeout | TimeoutError):
         return GatewayTimeout("the downstream services did not answer in time")
     assert isinstance(first, BadResponse)

@@ -37,8 +37,9 @@ _CALL, _PROBE = Ticket(False), Ticket(True)
 
 
 class CircuitBreaker:
-    def __init__(self, failures: int, reset_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failures: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.failures = failures
         self.reset_seconds = reset_seconds
         self._clock = clock

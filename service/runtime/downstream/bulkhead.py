@@ -31,6 +31,10 @@ class Bulkhead:
         except TimeoutError:
             raise BulkheadFull(self.service) from None
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._slots.release()

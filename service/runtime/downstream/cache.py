@@ -22,8 +22,9 @@ _MISSING: Any = object()
 
 
 class TTLCache(Generic[K, V]):
-    def __init__(self, ttl: float, maxsize: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float, maxsize: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl
         self.maxsize = maxsize
         self._clock = clock

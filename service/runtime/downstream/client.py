@@ -57,16 +57,18 @@ class DownstreamClient:
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
         self.bulkhead = Bulkhead(name, settings.bulkhead)
         self.retry = RetryPolicy(
-            settings.retry_attempts, RetryBudget(settings.retry_budget_ratio),
-            settings.retry_backoff_seconds, settings.retry_backoff_max_seconds,
-            on_retry=self._count_retry)
+            settings.retry_attempts,
+            RetryBudget(settings.retry_budget_ratio),
+            settings.retry_backoff_seconds,
+            settings.retry_backoff_max_seconds,
+            on_retry=self._count_retry,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._outcomes = {o: metrics.downstream_requests.labels(name, o) for o in _OUTCOMES}
         self._duration = metrics.downstream_duration.labels(name)
         self._retries = metrics.downstream_retries.labels(name)
         self._metrics = metrics
-        metrics.downstream_circuit_open.set_function(
-            lambda: float(self.breaker.is_open()), name)
+        metrics.downstream_circuit_open.set_function(lambda: float(self.breaker.is_open()), name)
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -75,8 +77,9 @@ class DownstreamClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             # Per-call totals come from the deadline; these bound what is left.
-            timeout=aiohttp.ClientTimeout(total=s.deadline_seconds, connect=s.connect_timeout,
-                                          sock_connect=s.connect_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=s.deadline_seconds, connect=s.connect_timeout, sock_connect=s.connect_timeout
+            ),
             headers={"Accept": "application/json"},
             raise_for_status=False,
         )
@@ -94,16 +97,25 @@ class DownstreamClient:
     # -- calls --------------------------------------------------------------
     async def get_json(self, path: str, deadline: Deadline, what: str = "resource") -> Any:
         """``GET`` (idempotent, so retried under the policy and the budget)."""
-        return await self.retry.run(lambda: self.attempt("GET", path, deadline, what=what),
-                                    deadline)
+        return await self.retry.run(
+            lambda: self.attempt("GET", path, deadline, what=what), deadline
+        )
 
-    async def post_json(self, path: str, body: Any, deadline: Deadline,
-                        what: str = "resource") -> Any:
+    async def post_json(
+        self, path: str, body: Any, deadline: Deadline, what: str = "resource"
+    ) -> Any:
         """``POST``: not idempotent, so exactly one attempt whatever happens."""
         return await self.attempt("POST", path, deadline, body=body, what=what)
 
-    async def attempt(self, method: str, path: str, deadline: Deadline, *,
-                      body: Any = None, what: str = "resource") -> Any:
+    async def attempt(
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        *,
+        body: Any = None,
+        what: str = "resource",
+    ) -> Any:
         """One try: breaker, bulkhead, request, metrics."""
         ticket = self.breaker.allow()
         if ticket is None:
@@ -146,8 +158,7 @@ class DownstreamClient:
             if outcome != "rejected":
                 self._duration.observe(time.perf_counter() - start)
 
-    async def _send(self, method: str, path: str, deadline: Deadline, body: Any,
-                    what: str) -> Any:
+    async def _send(self, method: str, path: str, deadline: Deadline, body: Any, what: str) -> Any:
         session = self._session
         if session is None:
             raise RuntimeError(f"downstream {self.name} used before start() or after close()")
@@ -158,22 +169,27 @@ class DownstreamClient:
         rid = request_id_var.get()
         if rid is not None:
             headers[REQUEST_ID_HEADER] = rid
-        timeout = aiohttp.ClientTimeout(total=remaining,
-                                        sock_connect=min(self.settings.connect_timeout, remaining))
+        timeout = aiohttp.ClientTimeout(
+            total=remaining, sock_connect=min(self.settings.connect_timeout, remaining)
+        )
         data = None if body is None else orjson.dumps(body)
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with asyncio.timeout(remaining), session.request(
-                    method, self.base_url + path, data=data, headers=headers,
-                    timeout=timeout) as resp:
+            async with (
+                asyncio.timeout(remaining),
+                session.request(
+                    method, self.base_url + path, data=data, headers=headers, timeout=timeout
+                ) as resp,
+            ):
                 payload = await self._read_capped(resp)
                 return self._decode(resp.status, payload, what)
         except TimeoutError:  # ours, or aiohttp's (its timeouts subclass TimeoutError)
             raise DownstreamTimeout(self.name) from None
         except aiohttp.ClientError as exc:  # refused, reset, broken framing
-            raise BadResponse(self.name, f"connection failed: {type(exc).__name__}",
-                              retryable=True) from exc
+            raise BadResponse(
+                self.name, f"connection failed: {type(exc).__name__}", retryable=True
+            ) from exc
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.settings.max_response_bytes
@@ -207,7 +223,9 @@ class DownstreamClient:
     def stats(self) -> Mapping[str, float]:
         """Counts for tests and debugging (the metrics are the real interface)."""
         return {o: c.value for o, c in self._outcomes.items()} | {
-            "retries": self._retries.value, "budget_tokens": self.retry.budget.tokens}
+            "retries": self._retries.value,
+            "budget_tokens": self.retry.budget.tokens,
+        }
 
 
 def ensure(cond: bool, service: str, reason: str) -> None:

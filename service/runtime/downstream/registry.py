@@ -39,15 +39,18 @@ class Downstreams(Mapping[str, DownstreamClient]):
         """The client ``name``, typed as ``kind`` (what the domain declared for it)."""
         client = self._clients[name]
         if not isinstance(client, kind):
-            raise TypeError(f"downstream {name!r} is a {type(client).__name__}, "
-                            f"not a {kind.__name__}")
+            raise TypeError(
+                f"downstream {name!r} is a {type(client).__name__}, not a {kind.__name__}"
+            )
         return client
 
 
 @contextlib.asynccontextmanager
-async def open_downstreams(settings: DownstreamSettings, metrics: Metrics,
-                           declared: Mapping[str, ClientFactory] | None = None,
-                           ) -> AsyncIterator[Downstreams]:
+async def open_downstreams(
+    settings: DownstreamSettings,
+    metrics: Metrics,
+    declared: Mapping[str, ClientFactory] | None = None,
+) -> AsyncIterator[Downstreams]:
     """Start a client per configured entry (``declared`` ones of their class), close at the end.
 
     A declared name without an entry (no URL) is a configuration error.
@@ -55,8 +58,10 @@ async def open_downstreams(settings: DownstreamSettings, metrics: Metrics,
     declared = declared or {}
     metrics.register_task_group("downstream")
     names = list(dict.fromkeys([*declared, *settings.services]))
-    clients = {name: declared.get(name, DownstreamClient)(name, settings.service(name), metrics)
-               for name in names}
+    clients = {
+        name: declared.get(name, DownstreamClient)(name, settings.service(name), metrics)
+        for name in names
+    }
     async with contextlib.AsyncExitStack() as stack:
         for client in clients.values():
             await client.start()

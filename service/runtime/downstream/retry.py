@@ -66,8 +66,9 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, DownstreamTimeout)
 
 
-def full_jitter(attempt: int, base: float, cap: float,
-                uniform: Callable[[float, float], float] = random.uniform) -> float:
+def full_jitter(
+    attempt: int, base: float, cap: float, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
     """The sleep after failed attempt ``attempt`` (1-based)."""
     return uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
 
@@ -75,8 +76,14 @@ def full_jitter(attempt: int, base: float, cap: float,
 class RetryPolicy:
     """The retry settings of one downstream, and the loop that applies them."""
 
-    def __init__(self, attempts: int, budget: RetryBudget, backoff_base: float,
-                 backoff_max: float, on_retry: Callable[[int, float], None]) -> None:
+    def __init__(
+        self,
+        attempts: int,
+        budget: RetryBudget,
+        backoff_base: float,
+        backoff_max: float,
+        on_retry: Callable[[int, float], None],
+    ) -> None:
         self.attempts = attempts
         self.budget = budget
         self.backoff_base = backoff_base

@@ -99,8 +99,11 @@ def detect(wanted: bool = True) -> RequestAccess:
     problem = _fast_reads_work()
     if problem is None:
         return FAST
-    log.warning("aiohttp's private request fields are not as expected: using the public API",
-                aiohttp=aiohttp.__version__, problem=problem)
+    log.warning(
+        "aiohttp's private request fields are not as expected: using the public API",
+        aiohttp=aiohttp.__version__,
+        problem=problem,
+    )
     return PUBLIC
 
 
@@ -113,9 +116,12 @@ def disable_connection_resend(session: aiohttp.ClientSession) -> bool:
     if not hasattr(session, "_retry_connection"):
         if not _warned_resend:
             _warned_resend = True
-            log.warning("aiohttp's ClientSession has no _retry_connection: an idempotent "
-                        "request may be resent once on a broken pooled connection, outside "
-                        "the retry budget", aiohttp=aiohttp.__version__)
+            log.warning(
+                "aiohttp's ClientSession has no _retry_connection: an idempotent "
+                "request may be resent once on a broken pooled connection, outside "
+                "the retry budget",
+                aiohttp=aiohttp.__version__,
+            )
         return False
     session._retry_connection = False
     return True

@@ -38,18 +38,21 @@ def readyz_handler(state: ServiceState) -> Callable[[web.Request], Awaitable[web
     return readyz
 
 
-def info_handler(state: ServiceState, name: str,
-                 version: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def info_handler(
+    state: ServiceState, name: str, version: str
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """``GET /v1/info``: what it needs is looked up once, here, not per request."""
     started = state.started_monotonic
     monotonic = time.monotonic
 
     async def info(request: web.Request) -> web.Response:
-        body = orjson.dumps({
-            "name": name,
-            "version": version,
-            "uptime_seconds": round(monotonic() - started, 3),
-        })
+        body = orjson.dumps(
+            {
+                "name": name,
+                "version": version,
+                "uptime_seconds": round(monotonic() - started, 3),
+            }
+        )
         return web.Response(body=body, content_type="application/json")
 
     return info

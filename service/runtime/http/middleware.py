@@ -60,8 +60,13 @@ class ApiMiddleware:
     (the request-header deadline must not run while a request is handled).
     """
 
-    def __init__(self, records: RequestRecords, state: ServiceState, in_flight: GaugeChild,
-                 access: RequestAccess) -> None:
+    def __init__(
+        self,
+        records: RequestRecords,
+        state: ServiceState,
+        in_flight: GaugeChild,
+        access: RequestAccess,
+    ) -> None:
         self.records = records
         self.access = access
         self._state = state
@@ -71,8 +76,9 @@ class ApiMiddleware:
     def bind(self, handler: Handler, *, track_connection: bool = False) -> Handler:
         return self._build(handler, track_connection)
 
-    def _build(self, default: Handler | None, track_connection: bool = False
-               ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    def _build(
+        self, default: Handler | None, track_connection: bool = False
+    ) -> Callable[..., Awaitable[web.StreamResponse]]:
         # Everything the request path touches is a local of this closure.
         state = self._state
         ids = self.records.ids
@@ -84,8 +90,11 @@ class ApiMiddleware:
         record = records.append
         log_sink = sink()
         settle = self.records.settle
-        headers_of, status_of, describe = self.access.headers, self.access.status, \
-            self.access.describe
+        headers_of, status_of, describe = (
+            self.access.headers,
+            self.access.status,
+            self.access.describe,
+        )
 
         async def middleware(
             request: web.Request, handler: Handler | None = default
@@ -132,8 +141,16 @@ class ApiMiddleware:
                 if track_connection:
                     protocol.in_request = False  # type: ignore[attr-defined]
                 if status is not None:
-                    record((start, perf_counter(), describe(request), headers.get(_UA_KEY),
-                            status, rid))
+                    record(
+                        (
+                            start,
+                            perf_counter(),
+                            describe(request),
+                            headers.get(_UA_KEY),
+                            status,
+                            rid,
+                        )
+                    )
                     if len(records) > log_sink.max_pending:
                         settle()
 

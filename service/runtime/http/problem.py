@@ -51,14 +51,20 @@ def problem_response(
     if extra:
         doc.update(extra)
     return web.Response(
-        body=orjson.dumps(doc), status=status, headers=headers,
+        body=orjson.dumps(doc),
+        status=status,
+        headers=headers,
         content_type="application/problem+json",
     )
 
 
 def problem_from_error(exc: ProblemError) -> web.Response:
     return problem_response(
-        exc.status, exc.detail, slug=exc.slug, title=exc.title, extra=exc.extra,
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        extra=exc.extra,
         headers=exc.headers,
     )
 
@@ -73,8 +79,9 @@ def problem_from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
 
 def unexpected_error(request: web.Request, exc: BaseException) -> web.Response:
     log.error("unhandled error", method=request.method, path=request.path, exc_info=exc)
-    return problem_response(500, "The server failed to answer; the error is logged.",
-                            slug="internal")
+    return problem_response(
+        500, "The server failed to answer; the error is logged.", slug="internal"
+    )
 
 
 @web.middleware

@@ -29,7 +29,8 @@ from service.runtime.log.access import AccessEntry, AccessLog, access_prefix, re
 from service.runtime.metrics import CounterChild, HistogramChild, Metrics
 
 _KNOWN_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"))
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+)
 # Cache entries for (method, route, status): routes are few, but methods are
 # the client's choice.
 _MAX_ROUTE_KEYS = 1024
@@ -71,8 +72,7 @@ class RequestRecords:
         """The calling thread (the serving loop's) settles from now on."""
         self._owner = threading.get_ident()
 
-    def _route_status(self, method: str, route: AbstractRoute | None, status: int
-                      ) -> _RouteStatus:
+    def _route_status(self, method: str, route: AbstractRoute | None, status: int) -> _RouteStatus:
         # The route label is the template ("/v1/users/{user_id}/summary"), never
         # the raw path. 404s and 405s get a new system route each, so they share
         # one key; clients choose methods, so unknown ones share the "other" label.
@@ -81,9 +81,12 @@ class RequestRecords:
         key = (method, route if resource is not None else None, status)
         entry = self._stats.get(key)
         if entry is None:
-            entry = _RouteStatus(self._metrics, method if method in _KNOWN_METHODS else "other",
-                                 resource.canonical if resource is not None else "unmatched",
-                                 status)
+            entry = _RouteStatus(
+                self._metrics,
+                method if method in _KNOWN_METHODS else "other",
+                resource.canonical if resource is not None else "unmatched",
+                status,
+            )
             if len(self._stats) < _MAX_ROUTE_KEYS:
                 self._stats[key] = entry
         return entry
@@ -114,8 +117,9 @@ class RequestRecords:
             hist.sum += duration
             if log_all or (log_some and access.sampled(status, duration)):
                 if access.console:  # sampled above: write, not log (which samples again)
-                    access.write(entry.method, entry.route, path, status, duration, rid,
-                                 _host(peer), agent)
+                    access.write(
+                        entry.method, entry.route, path, status, duration, rid, _host(peer), agent
+                    )
                 else:
                     line((end, rid, entry.log_prefix, path, duration, peer, agent))
         if lines:

@@ -47,8 +47,9 @@ class HeaderTimeoutHandler(RequestHandler):
 
     __slots__ = ("_sweeps", "header_since", "in_request")
 
-    def __init__(self, manager: HeaderTimeoutServer, *, loop: asyncio.AbstractEventLoop,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, manager: HeaderTimeoutServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any
+    ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
         self._sweeps = manager
         # The sweep during which the bytes of a request head began to arrive (0:
@@ -71,7 +72,10 @@ class HeaderTimeoutHandler(RequestHandler):
             self.header_since = self._sweeps.sweep_count
 
     def handle_error(
-        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
         """A request the HTTP parser refused: problem+json and one info line.
@@ -84,8 +88,9 @@ class HeaderTimeoutHandler(RequestHandler):
         if status >= 500 or not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         reason = exc.message.split("\n", 1)[0][:200]  # the rest echoes the client's bytes
-        log.info("request refused by the HTTP parser", status=status, remote=request.remote,
-                 error=reason)
+        log.info(
+            "request refused by the HTTP parser", status=status, remote=request.remote, error=reason
+        )
         if request.writer.output_size > 0:
             raise ConnectionError("response already started: cannot answer the error")
         response = problem_response(status, f"The request is not valid HTTP/1.1: {reason}")
@@ -104,8 +109,14 @@ class HeaderTimeoutServer(web.Server):
 
     SWEEPS_PER_TIMEOUT = 4
 
-    def __init__(self, handler: Handler, *, header_timeout: float,
-                 header_timeouts: CounterChild, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        header_timeout: float,
+        header_timeouts: CounterChild,
+        **kwargs: Any,
+    ) -> None:
         loop = asyncio.get_running_loop()
         super().__init__(handler, loop=loop, **kwargs)  # type: ignore[arg-type]
         self._handler_kwargs = kwargs
@@ -130,12 +141,12 @@ class HeaderTimeoutServer(web.Server):
                 if not isinstance(conn, HeaderTimeoutHandler):
                     continue
                 since = conn.header_since
-                if since and since < late and not conn.in_request \
-                        and conn.transport is not None:
+                if since and since < late and not conn.in_request and conn.transport is not None:
                     conn.header_since = 0
                     self._header_timeouts.inc()
-                    log.info("closing connection: request headers not complete in time",
-                             timeout=timeout)
+                    log.info(
+                        "closing connection: request headers not complete in time", timeout=timeout
+                    )
                     conn.force_close()
 
 
@@ -149,9 +160,15 @@ class HttpListener:
 
     name = "http"
 
-    def __init__(self, app: web.Application, settings: HttpSettings, *,
-                 header_timeouts: CounterChild, in_flight: GaugeChild,
-                 middleware: ApiMiddleware | None = None) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        settings: HttpSettings,
+        *,
+        header_timeouts: CounterChild,
+        in_flight: GaugeChild,
+        middleware: ApiMiddleware | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self._header_timeouts = header_timeouts
@@ -177,12 +194,15 @@ class HttpListener:
             handler = mw.bind(handler, track_connection=True)
             mw.records.claim()  # this thread serves the app and settles its records
         self.server = HeaderTimeoutServer(
-            handler, request_factory=base.request_factory,
+            handler,
+            request_factory=base.request_factory,
             # A client that hangs up cancels its handler, so the downstream calls
             # it started stop at once instead of at the deadline.
             handler_cancellation=True,
-            header_timeout=self.settings.header_timeout, header_timeouts=self._header_timeouts,
-            access_log=None, keepalive_timeout=self.settings.keepalive_timeout,
+            header_timeout=self.settings.header_timeout,
+            header_timeouts=self._header_timeouts,
+            access_log=None,
+            keepalive_timeout=self.settings.keepalive_timeout,
         )
 
     async def start(self) -> list[tuple[str, int]]:
@@ -192,7 +212,8 @@ class HttpListener:
         s = self.settings
         loop = asyncio.get_running_loop()
         self._listening = await loop.create_server(
-            self.server, s.host, s.port, backlog=s.backlog, reuse_address=True)
+            self.server, s.host, s.port, backlog=s.backlog, reuse_address=True
+        )
         # The "http" group: it runs until the listener's cleanup, like aiohttp's own tasks.
         self._sweeper = loop.create_task(self.server.sweep(), name="http:header-sweeper")
         return [sock.getsockname()[:2] for sock in self._listening.sockets]
@@ -233,8 +254,10 @@ class HttpListener:
             async with asyncio.timeout(remaining):
                 await server.shutdown(remaining)
         except TimeoutError:
-            log.warning("grace period over: closing busy HTTP connections",
-                        connections=len(server.connections))
+            log.warning(
+                "grace period over: closing busy HTTP connections",
+                connections=len(server.connections),
+            )
         for conn in server.connections:
             conn.force_close()
 

@@ -49,8 +49,10 @@ def _json_literal(value: Any) -> str:
 
 def access_prefix(method: str, route: str, status: int) -> str:
     """The ``"method":...,"route":...,"status":...,`` part of an access line, made once."""
-    return (f'"method":{_dumps(method).decode()},"route":{_dumps(route).decode()},'
-            f'"status":{int(status)},')
+    return (
+        f'"method":{_dumps(method).decode()},"route":{_dumps(route).decode()},'
+        f'"status":{int(status)},'
+    )
 
 
 # "duration_ms" texts by whole microseconds: loaded servers answer in a few
@@ -87,30 +89,67 @@ class AccessLog:
 
     def sampled(self, status: int, duration: float) -> bool:
         """Whether a request is logged (with ``enabled``)."""
-        return (self.sample >= 1.0 or status >= 400 or duration >= self.slow_seconds
-                or self._rand() < self.sample)
+        return (
+            self.sample >= 1.0
+            or status >= 400
+            or duration >= self.slow_seconds
+            or self._rand() < self.sample
+        )
 
     def log(
-        self, method: str, route: str, path: str, status: int, duration: float,
-        request_id: str, remote: str | None, user_agent: str | None,
+        self,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        duration: float,
+        request_id: str,
+        remote: str | None,
+        user_agent: str | None,
     ) -> None:
         if self.sampled(status, duration):
             self.write(method, route, path, status, duration, request_id, remote, user_agent)
 
     def write(
-        self, method: str, route: str, path: str, status: int, duration: float,
-        request_id: str, remote: str | None, user_agent: str | None,
+        self,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        duration: float,
+        request_id: str,
+        remote: str | None,
+        user_agent: str | None,
     ) -> None:
         """One line, already sampled."""
         if self._console_log is not None:
             self._console_log.info(
-                "access", request_id=request_id, method=method, route=route, path=path,
-                status=status, duration_ms=int(duration * 1_000_000) / 1000, remote=remote,
-                user_agent=user_agent)
+                "access",
+                request_id=request_id,
+                method=method,
+                route=route,
+                path=path,
+                status=status,
+                duration_ms=int(duration * 1_000_000) / 1000,
+                remote=remote,
+                user_agent=user_agent,
+            )
             return
-        _sink.write_line(render_access([(time.perf_counter(), request_id,
-                                         access_prefix(method, route, status), path,
-                                         duration, remote, user_agent)]))
+        _sink.write_line(
+            render_access(
+                [
+                    (
+                        time.perf_counter(),
+                        request_id,
+                        access_prefix(method, route, status),
+                        path,
+                        duration,
+                        remote,
+                        user_agent,
+                    )
+                ]
+            )
+        )
 
 
 def render_access(entries: list[AccessEntry]) -> bytes:
@@ -137,9 +176,11 @@ def render_access(entries: list[AccessEntry]) -> bytes:
         if when >= stamp_until or when < stamp_until - 0.001:
             stamp = clock.at(when)
             stamp_until = (int(when * 1000) + 1) / 1000
-        append(f'{{"event":"access","logger":"access","level":"info","timestamp":"{stamp}",'
-               f'"request_id":"{rid}",{prefix}"path":{literal(path) or _json_literal(path)},'
-               f'"duration_ms":{duration_text(us := int(duration * 1e6)) or _duration_text(us)},'
-               f'"remote":{literal(peer) or _json_literal(peer)},'
-               f'"user_agent":{literal(agent) or _json_literal(agent)}}}')
+        append(
+            f'{{"event":"access","logger":"access","level":"info","timestamp":"{stamp}",'
+            f'"request_id":"{rid}",{prefix}"path":{literal(path) or _json_literal(path)},'
+            f'"duration_ms":{duration_text(us := int(duration * 1e6)) or _duration_text(us)},'
+            f'"remote":{literal(peer) or _json_literal(peer)},'
+            f'"user_agent":{literal(agent) or _json_literal(agent)}}}'
+        )
     return "\n".join(out).encode()

@@ -23,8 +23,12 @@ from service.runtime.log.writer import sink
 from service.runtime.requestid import request_id_var
 from service.runtime.settings import LogSettings
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 _sink = sink()
 
 
@@ -110,22 +114,32 @@ def configure(settings: LogSettings, stream: IO[bytes] | None = None) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         final: list[Processor] = [_escape_controls, renderer]
     else:
-        final = [structlog.processors.format_exc_info,
-                 structlog.processors.JSONRenderer(serializer=_json_dumps)]
+        final = [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_json_dumps),
+        ]
     structlog.configure(
-        processors=[_add_logger_name, *_shared_processors(),
-                    structlog.processors.StackInfoRenderer(), *final],
+        processors=[
+            _add_logger_name,
+            *_shared_processors(),
+            structlog.processors.StackInfoRenderer(),
+            *final,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
     # The stdlib bridge: aiohttp, asyncio and every other library logger.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.add_logger_name,
-                           structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    *(final if console else [structlog.processors.format_exc_info,
-                                             _render_json_str])],
+        foreign_pre_chain=[
+            *_shared_processors(),
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *(final if console else [structlog.processors.format_exc_info, _render_json_str]),
+        ],
     )
     handler = _SinkHandler()
     handler.setFormatter(formatter)

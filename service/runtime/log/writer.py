@@ -101,7 +101,6 @@ def sink() -> LogSink:
     return _sink
 
 
-
 async def flushing(coro: Coroutine[Any, Any, int], interval: float) -> int:
     """Run ``coro`` with the sink buffering, flushed every ``interval`` seconds."""
     out = sink()

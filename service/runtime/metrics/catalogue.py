@@ -44,67 +44,93 @@ class Metrics:
         counter, gauge, histogram = self.counter, self.gauge, self.histogram
         # HTTP (service.runtime.http.middleware)
         self.http_requests = counter(
-            "http_requests_total", "HTTP requests answered.", ("method", "route", "status"))
+            "http_requests_total", "HTTP requests answered.", ("method", "route", "status")
+        )
         self.http_duration = histogram(
-            "http_request_duration_seconds", "HTTP request duration.", ("method", "route"))
+            "http_request_duration_seconds", "HTTP request duration.", ("method", "route")
+        )
         self.http_in_flight = gauge("http_requests_in_flight", "HTTP requests being handled.")
         self.http_header_timeouts = counter(
-            "http_header_timeouts_total", "Connections closed for not sending headers in time.")
+            "http_header_timeouts_total", "Connections closed for not sending headers in time."
+        )
         # TCP (service.runtime.tcp)
         self.tcp_active = gauge("tcp_connections_active", "Open TCP client connections.")
         self.tcp_connections = counter(
-            "tcp_connections_total", "TCP connections by result.", ("result",))
+            "tcp_connections_total", "TCP connections by result.", ("result",)
+        )
         self.tcp_messages = counter(
-            "tcp_messages_total", "TCP lines answered by result.", ("result",))
+            "tcp_messages_total", "TCP lines answered by result.", ("result",)
+        )
         # asyncio (service.runtime.monitor)
         self.tasks_finished = counter(
-            "asyncio_tasks_finished_total", "Named asyncio tasks that ended, by outcome.",
-            ("group", "outcome"))
+            "asyncio_tasks_finished_total",
+            "Named asyncio tasks that ended, by outcome.",
+            ("group", "outcome"),
+        )
         for group in BUILTIN_GROUPS:
             for outcome in TASK_OUTCOMES:
                 self.tasks_finished.labels(group, outcome)
         self.loop_lag = histogram(
-            "event_loop_lag_seconds", "Delay of the loop monitor's wake-ups past their due time.",
-            buckets=LAG_BUCKETS)
+            "event_loop_lag_seconds",
+            "Delay of the loop monitor's wake-ups past their due time.",
+            buckets=LAG_BUCKETS,
+        )
         # Pipeline (service.runtime.pipeline.engine)
         self.queue_depth = gauge(
-            "pipeline_queue_depth", "Items waiting in a pipeline queue.", ("stage",))
+            "pipeline_queue_depth", "Items waiting in a pipeline queue.", ("stage",)
+        )
         self.queue_capacity = gauge(
-            "pipeline_queue_capacity", "Capacity of a pipeline queue.", ("stage",))
+            "pipeline_queue_capacity", "Capacity of a pipeline queue.", ("stage",)
+        )
         self.pipeline_events = counter(
-            "pipeline_events_total", "Events by pipeline stage and outcome.", ("stage", "outcome"))
+            "pipeline_events_total", "Events by pipeline stage and outcome.", ("stage", "outcome")
+        )
         self.pipeline_latency = histogram(
-            "pipeline_event_latency_seconds", "From acknowledgement to durable in the sink.")
+            "pipeline_event_latency_seconds", "From acknowledgement to durable in the sink."
+        )
         self.pipeline_rejected = counter(
-            "pipeline_rejections_total", "Events refused at intake, by reason.", ("reason",))
+            "pipeline_rejections_total", "Events refused at intake, by reason.", ("reason",)
+        )
         self.sink_batch = histogram(
-            "sink_batch_size", "Events per sink write.", ("backend",), buckets=BATCH_BUCKETS)
+            "sink_batch_size", "Events per sink write.", ("backend",), buckets=BATCH_BUCKETS
+        )
         self.sink_write = histogram(
-            "sink_write_duration_seconds", "Duration of one sink batch write.", ("backend",))
+            "sink_write_duration_seconds", "Duration of one sink batch write.", ("backend",)
+        )
         self.sink_failures = counter(
-            "sink_write_failures_total", "Failed sink writes (retried).", ("backend",))
+            "sink_write_failures_total", "Failed sink writes (retried).", ("backend",)
+        )
         self.stream_subscribers = gauge(
-            "stream_subscribers", "Clients following /v1/events/stream.")
+            "stream_subscribers", "Clients following /v1/events/stream."
+        )
         self.stream_cutoffs = counter(
-            "stream_subscribers_cut_off_total", "Stream subscribers cut off for falling behind.")
+            "stream_subscribers_cut_off_total", "Stream subscribers cut off for falling behind."
+        )
         # Downstream (service.runtime.downstream)
         self.downstream_requests = counter(
-            "downstream_requests_total", "Downstream calls by outcome.", ("service", "outcome"))
+            "downstream_requests_total", "Downstream calls by outcome.", ("service", "outcome")
+        )
         self.downstream_duration = histogram(
-            "downstream_request_duration_seconds", "Downstream call duration.", ("service",))
+            "downstream_request_duration_seconds", "Downstream call duration.", ("service",)
+        )
         self.downstream_circuit_open = gauge(
-            "downstream_circuit_open", "1 while the service's circuit breaker is open.",
-            ("service",))
+            "downstream_circuit_open",
+            "1 while the service's circuit breaker is open.",
+            ("service",),
+        )
         self.downstream_retries = counter(
-            "downstream_retries_total", "Retried downstream calls.", ("service",))
+            "downstream_retries_total", "Retried downstream calls.", ("service",)
+        )
         # Executors (service.runtime.offload)
         self.executor_jobs = gauge(
-            "executor_jobs", "Executor jobs by state.", ("executor", "state"))
+            "executor_jobs", "Executor jobs by state.", ("executor", "state")
+        )
         self.executor_duration = histogram(
-            "executor_job_duration_seconds", "Executor job run time.", ("executor",))
+            "executor_job_duration_seconds", "Executor job run time.", ("executor",)
+        )
         self.executor_rejected = counter(
-            "executor_rejected_total", "Jobs refused because the backlog was full.",
-            ("executor",))
+            "executor_rejected_total", "Jobs refused because the backlog was full.", ("executor",)
+        )
         # Lifecycle
         self.ready = gauge("ready", "1 while the service accepts traffic.")
         self.ready_child = self.ready.labels()
@@ -127,8 +153,13 @@ class Metrics:
         """The gauge family ``<namespace>_<name>``, made on the first call."""
         return self._add(Gauge(f"{self.namespace}_{name}", doc, labels))
 
-    def histogram(self, name: str, doc: str, labels: Sequence[str] = (),
-                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+    def histogram(
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> Histogram:
         """The histogram family ``<namespace>_<name>``, made on the first call."""
         return self._add(Histogram(f"{self.namespace}_{name}", doc, labels, buckets))
 
@@ -149,4 +180,3 @@ class Metrics:
                 return known
         self._families.append(family)
         return family
-

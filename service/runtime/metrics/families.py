@@ -25,7 +25,20 @@ from prometheus_client.registry import Collector
 
 # Latency buckets in seconds, from sub-millisecond (loopback) to the deadlines.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -179,12 +192,12 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-
 class FastCollector(Collector):
     """Exports the families; first runs the hooks of producers that count in batches."""
 
-    def __init__(self, families: Iterable[Counter | Gauge | Histogram],
-                 before: Iterable[Callable[[], None]]) -> None:
+    def __init__(
+        self, families: Iterable[Counter | Gauge | Histogram], before: Iterable[Callable[[], None]]
+    ) -> None:
         self._families = families
         self._before = before
 

@@ -77,8 +77,12 @@ class BatchQueue(Generic[T]):
         never changed (the producer may still hold it).
         """
         batches, current = self._batches, self._open
-        if current is not None and batches and batches[-1] is current \
-                and len(current) < APPEND_LIMIT:
+        if (
+            current is not None
+            and batches
+            and batches[-1] is current
+            and len(current) < APPEND_LIMIT
+        ):
             current.append(item)
         else:
             current = self._open = [item]

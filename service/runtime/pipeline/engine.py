@@ -58,8 +58,14 @@ class Pipeline:
 
     name = "pipeline"
 
-    def __init__(self, settings: PipelineSettings, metrics: Metrics, stages: Sequence[Stage],
-                 sink: Sink, encode: Encode = encode_json) -> None:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        metrics: Metrics,
+        stages: Sequence[Stage],
+        sink: Sink,
+        encode: Encode = encode_json,
+    ) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.settings = settings
@@ -78,13 +84,15 @@ class Pipeline:
         self._queues: list[BatchQueue[Any]] = [self.intake.queue]
         for stage in self.stages:
             self._queues.append(BatchQueue(settings.stage(stage.name).capacity))
-        for label, queue in zip(("ingest", *(s.name for s in self.stages)), self._queues,
-                                strict=True):
+        for label, queue in zip(
+            ("ingest", *(s.name for s in self.stages)), self._queues, strict=True
+        ):
             metrics.queue_depth.set_function(queue.qsize, label)
             metrics.queue_capacity.labels(label).set(queue.capacity)
         self.hub = StreamHub(metrics, settings.subscriber_buffer)
-        self.writer = SinkWriter(self._queues[-1], sink, self.hub, metrics,
-                                 settings.batch_size, settings.flush_interval)
+        self.writer = SinkWriter(
+            self._queues[-1], sink, self.hub, metrics, settings.batch_size, settings.flush_interval
+        )
         self._drained = False
         self._bypass = False  # set by a slow drain: skip the stages, lose nothing
         self._runner: asyncio.Task[None] | None = None
@@ -115,8 +123,12 @@ class Pipeline:
         finally:
             await self.sink.close()
         if not self._drained and self.accepted > self.delivered:
-            log.warning("pipeline closed without a drain", accepted=self.accepted,
-                        delivered=self.delivered, dropped=self.accepted - self.delivered)
+            log.warning(
+                "pipeline closed without a drain",
+                accepted=self.accepted,
+                delivered=self.delivered,
+                dropped=self.accepted - self.delivered,
+            )
 
     @property
     def accepted(self) -> int:
@@ -147,8 +159,10 @@ class Pipeline:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.writer.run(), name=f"{self._prefix}sink")
                 stages = [
-                    [tg.create_task(self._worker(index), name=f"{self._prefix}{stage.name}-{i}")
-                     for i in range(self.settings.stage(stage.name).workers)]
+                    [
+                        tg.create_task(self._worker(index), name=f"{self._prefix}{stage.name}-{i}")
+                        for i in range(self.settings.stage(stage.name).workers)
+                    ]
                     for index, stage in enumerate(self.stages)
                 ]
                 for index, workers in enumerate(stages):
@@ -163,8 +177,11 @@ class Pipeline:
             # A bug in a worker (per-item errors are handled inside them): refuse
             # intake from now on rather than acknowledge events nobody will write.
             self.intake.close()
-            log.exception("pipeline stopped: a worker failed", accepted=self.accepted,
-                          delivered=self.delivered)
+            log.exception(
+                "pipeline stopped: a worker failed",
+                accepted=self.accepted,
+                delivered=self.delivered,
+            )
 
     async def _worker(self, index: int) -> None:
         stage = self.stages[index]
@@ -179,8 +196,12 @@ class Pipeline:
             if last:
                 await outbox.put(self._encoded(batch, out))
             else:
-                await outbox.put([(event_id, value, acked)
-                                  for (event_id, _, acked), value in zip(batch, out, strict=True)])
+                await outbox.put(
+                    [
+                        (event_id, value, acked)
+                        for (event_id, _, acked), value in zip(batch, out, strict=True)
+                    ]
+                )
             # get() and put() do not suspend while there is work and room, so a
             # worker could otherwise keep the loop for as long as events keep
             # coming (15-20 ms seen under load, a stall for every client): let
@@ -204,8 +225,13 @@ class Pipeline:
         now = time.monotonic()
         if now - self._last_stage_error >= 1.0:
             self._last_stage_error = now
-            log.error("pipeline stage failed: its batch goes on without it",
-                      stage=stage.name, events=events, failure=what, exc_info=True)
+            log.error(
+                "pipeline stage failed: its batch goes on without it",
+                stage=stage.name,
+                events=events,
+                failure=what,
+                exc_info=True,
+            )
 
     def _encoded(self, batch: list[Item], values: list[Any]) -> list[Encoded]:
         encode, offset = self._encode, self._wall_offset
@@ -241,12 +267,16 @@ class Pipeline:
                 self._bypass = True
                 for stage in self.stages:
                     stage.bypassing = True
-                log.warning("pipeline drain is slow: the rest skips the stages",
-                            queued=self.queued())
+                log.warning(
+                    "pipeline drain is slow: the rest skips the stages", queued=self.queued()
+                )
                 done, _ = await asyncio.wait([stopper], timeout=timeout - timeout / 2)
             if not done:
-                log.error("pipeline drain timed out: giving up on the rest",
-                          timeout=timeout, queued=self.queued())
+                log.error(
+                    "pipeline drain timed out: giving up on the rest",
+                    timeout=timeout,
+                    queued=self.queued(),
+                )
                 for task in (stopper, runner):
                     task.cancel()
                 await asyncio.wait([stopper, runner])
@@ -257,8 +287,13 @@ class Pipeline:
         self._drained = True
         dropped = self.accepted - self.delivered
         self._m_dropped.inc(dropped)
-        log.info("pipeline drained", accepted=self.accepted, delivered=self.delivered,
-                 dropped=dropped, seconds=round(loop.time() - began, 3))
+        log.info(
+            "pipeline drained",
+            accepted=self.accepted,
+            delivered=self.delivered,
+            dropped=dropped,
+            seconds=round(loop.time() - began, 3),
+        )
 
     def queued(self) -> int:
         """Events waiting in the queues."""
@@ -271,5 +306,8 @@ class Pipeline:
         await asyncio.wait([runner])
 
     def summary(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "delivered": self.delivered,
-                "dropped": self.accepted - self.delivered}
+        return {
+            "accepted": self.accepted,
+            "delivered": self.delivered,
+            "dropped": self.accepted - self.delivered,
+        }

@@ -39,8 +39,9 @@ class Intake:
         self.closed = True  # until the pipeline starts
         self.accepted = 0
         self._m_accepted = metrics.pipeline_events.labels("ingest", "accepted")
-        self._m_rejected = {r: metrics.pipeline_rejected.labels(r)
-                            for r in ("full", "closed", "invalid")}
+        self._m_rejected = {
+            r: metrics.pipeline_rejected.labels(r) for r in ("full", "closed", "invalid")
+        }
 
     def close(self) -> None:
         """Refuse from now on, and wake every waiting offer to refuse it too."""
@@ -73,8 +74,9 @@ class Intake:
             raise IntakeFull(n, RETRY_AFTER_SECONDS)
         now = time.monotonic()
         ids = self.ids.many(n)
-        self.queue.put_nowait([(event_id, event, now)
-                               for event_id, event in zip(ids, events, strict=True)])
+        self.queue.put_nowait(
+            [(event_id, event, now) for event_id, event in zip(ids, events, strict=True)]
+        )
         self.accepted += n
         self._m_accepted.value += n
         return ids

@@ -30,8 +30,15 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0
 class SinkWriter:
     """Moves encoded lines from ``queue`` to ``sink``; :meth:`run` ends on the stop marker."""
 
-    def __init__(self, queue: BatchQueue[Encoded], sink: Sink, hub: StreamHub, metrics: Metrics,
-                 batch_size: int, flush_interval: float) -> None:
+    def __init__(
+        self,
+        queue: BatchQueue[Encoded],
+        sink: Sink,
+        hub: StreamHub,
+        metrics: Metrics,
+        batch_size: int,
+        flush_interval: float,
+    ) -> None:
         self.queue = queue
         self.sink = sink
         self.hub = hub
@@ -93,9 +100,13 @@ class SinkWriter:
                 break
             except Exception as exc:
                 self._m_failures.inc()
-                log.error("sink write failed: retrying the batch",  # noqa: TRY400 - one line
-                          backend=self.sink.backend, events=len(lines), retry_in=delay,
-                          error=f"{type(exc).__name__}: {exc}")
+                log.error(  # noqa: TRY400 - one line, no traceback
+                    "sink write failed: retrying the batch",
+                    backend=self.sink.backend,
+                    events=len(lines),
+                    retry_in=delay,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
         now = time.monotonic()

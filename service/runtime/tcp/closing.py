@@ -78,7 +78,9 @@ class LingeringProtocol(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read while there is nothing to wait for; otherwise let TCP push back."""
         want = self.state == CLOSING or (
-            self.state == OPEN and self._waiting is None and not self._write_paused
+            self.state == OPEN
+            and self._waiting is None
+            and not self._write_paused
             and not self._server.stopping
         )
         if want != self._reading and self._transport is not None:

@@ -74,8 +74,14 @@ class Connection(LingeringProtocol):
     def data_received(self, data: bytes) -> None:
         self.last_active = self._server.now()
         transport = self._transport
-        if (data == b"PING\n" and not self._buffer and self._waiting is None
-                and not self._write_paused and self.state == OPEN and transport is not None):
+        if (
+            data == b"PING\n"
+            and not self._buffer
+            and self._waiting is None
+            and not self._write_paused
+            and self.state == OPEN
+            and transport is not None
+        ):
             # A lone PING, the commonest read of all (health checks, the benchmark):
             # answered without the framing loop.
             transport.write(PONG)
@@ -267,4 +273,3 @@ class Connection(LingeringProtocol):
         if self.state != OPEN:
             return 0
         return self._buffer.count(b"\n") + (self._waiting is not None)
-

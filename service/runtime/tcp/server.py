@@ -69,7 +69,8 @@ class TcpServer:
         self.now = loop.time
         s = self.settings
         self._server = await loop.create_server(
-            lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True)
+            lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True
+        )
         self.spawn(self._sweep(), "sweeper")
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
@@ -107,8 +108,11 @@ class TcpServer:
         # Whatever is still open now is cut; count the lines it read but did not answer.
         cut = list(self.connections)
         (log.warning if cut else log.info)(
-            "tcp clients closed", seconds=round(timeout - (self._deadline - loop.time()), 3),
-            cut=len(cut), unanswered=sum(c.unanswered() for c in cut))
+            "tcp clients closed",
+            seconds=round(timeout - (self._deadline - loop.time()), 3),
+            cut=len(cut),
+            unanswered=sum(c.unanswered() for c in cut),
+        )
         await self.close()
 
     # -- resources ------------------------------------------------------------
@@ -138,8 +142,11 @@ class TcpServer:
         """When a wait for room must give up: never before shutdown, then before the end."""
         return None if self._deadline is None else self._deadline - SHUTDOWN_MARGIN
 
-    def spawn(self, coro: Coroutine[Any, Any, None], what: str = "answer-later",
-              ) -> asyncio.Task[None]:
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        what: str = "answer-later",
+    ) -> asyncio.Task[None]:
         """An owned task, named into the ``tcp`` group for the task metrics."""
         task = asyncio.get_running_loop().create_task(coro, name=f"{self._prefix}{what}")
         self._tasks.add(task)
@@ -175,8 +182,9 @@ class TcpServer:
     def _expire(self, now: float) -> None:
         """Close idle clients, abort clients that stopped reading, end lingering closes."""
         idle, write = self.settings.idle_timeout, self.settings.write_timeout
-        expired = [(c, why) for c in self.connections
-                   if (why := c.expired(now, idle, write)) is not None]
+        expired = [
+            (c, why) for c in self.connections if (why := c.expired(now, idle, write)) is not None
+        ]
         for conn, why in expired:
             if why == "idle":
                 log.debug("tcp: closing idle connection", peer=conn.peer())

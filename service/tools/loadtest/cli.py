@@ -33,42 +33,83 @@ EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0] if __doc__ else None
     parser.add_argument("target", choices=("http", "tcp"), help="protocol to drive")
-    parser.add_argument("address", help="http: URL (a base URL for the built-in scenarios); "
-                                        "tcp: HOST:PORT")
-    parser.add_argument("-s", "--scenario", choices=HTTP_SCENARIOS + TCP_SCENARIOS,
-                        help="what to send: url (GET the URL; http default), info, events, "
-                             "summary, hash, mixed; tcp-ping (tcp default), tcp-events")
+    parser.add_argument(
+        "address", help="http: URL (a base URL for the built-in scenarios); tcp: HOST:PORT"
+    )
+    parser.add_argument(
+        "-s",
+        "--scenario",
+        choices=HTTP_SCENARIOS + TCP_SCENARIOS,
+        help="what to send: url (GET the URL; http default), info, events, "
+        "summary, hash, mixed; tcp-ping (tcp default), tcp-events",
+    )
     load = parser.add_argument_group("load")
-    load.add_argument("-c", "--concurrency", type=int, default=64,
-                      help="connections, one request in flight each (default 64)")
-    load.add_argument("-r", "--rate", type=float,
-                      help="open loop: this many requests/s in total, latency measured from "
-                           "each request's intended send time (default: closed loop)")
-    load.add_argument("-d", "--duration", type=float,
-                      help="seconds to measure (default 10 unless --requests)")
+    load.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=64,
+        help="connections, one request in flight each (default 64)",
+    )
+    load.add_argument(
+        "-r",
+        "--rate",
+        type=float,
+        help="open loop: this many requests/s in total, latency measured from "
+        "each request's intended send time (default: closed loop)",
+    )
+    load.add_argument(
+        "-d", "--duration", type=float, help="seconds to measure (default 10 unless --requests)"
+    )
     load.add_argument("-n", "--requests", type=int, help="measure exactly this many requests")
-    load.add_argument("--warmup", type=float, default=0.0,
-                      help="seconds of load before measuring (default 0)")
-    load.add_argument("-t", "--timeout", type=float, default=10.0,
-                      help="seconds before a request counts as a timeout (default 10)")
-    load.add_argument("-w", "--workers", type=int, default=1,
-                      help="processes sharing the connections and rate (default 1)")
+    load.add_argument(
+        "--warmup", type=float, default=0.0, help="seconds of load before measuring (default 0)"
+    )
+    load.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds before a request counts as a timeout (default 10)",
+    )
+    load.add_argument(
+        "-w",
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the connections and rate (default 1)",
+    )
     load.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     data = parser.add_argument_group("scenario data")
-    data.add_argument("--mix", default="info=5,events=3,summary=1,hash=1",
-                      help="weights of the mixed scenario (default %(default)s)")
-    data.add_argument("--batch-size", type=int, default=10,
-                      help="events per POST /v1/events (default 10)")
-    data.add_argument("--users", type=int, default=1000,
-                      help="user ids u1..uN for summary and events (default 1000)")
-    data.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                      help="extra HTTP header (repeatable)")
+    data.add_argument(
+        "--mix",
+        default="info=5,events=3,summary=1,hash=1",
+        help="weights of the mixed scenario (default %(default)s)",
+    )
+    data.add_argument(
+        "--batch-size", type=int, default=10, help="events per POST /v1/events (default 10)"
+    )
+    data.add_argument(
+        "--users",
+        type=int,
+        default=1000,
+        help="user ids u1..uN for summary and events (default 1000)",
+    )
+    data.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra HTTP header (repeatable)",
+    )
     data.add_argument("--seed", type=int, help="random seed of the request pools")
     out = parser.add_argument_group("report")
     out.add_argument("--json", metavar="FILE", help="write the full report as JSON ('-': stdout)")
     out.add_argument("--slo-p99-ms", type=float, help="exit 1 when p99 latency is above this")
-    out.add_argument("--slo-error-rate", type=float,
-                     help="exit 1 when the error rate (0..1) is above this")
+    out.add_argument(
+        "--slo-error-rate", type=float, help="exit 1 when the error rate (0..1) is above this"
+    )
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -107,11 +148,23 @@ def build_plan(args: argparse.Namespace) -> Plan:
         headers.append((name.strip(), value.strip()))
     duration = args.duration if args.duration or args.requests else 10.0
     return Plan(
-        kind=args.target, host=host, port=port, path=path, scenario=scenario,
-        concurrency=args.concurrency, rate=args.rate, duration=duration,
-        requests=args.requests, warmup=args.warmup, timeout=args.timeout,
-        workers=args.workers, batch_size=args.batch_size, users=args.users,
-        mix=parse_mix(args.mix), headers=tuple(headers), seed=args.seed,
+        kind=args.target,
+        host=host,
+        port=port,
+        path=path,
+        scenario=scenario,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        duration=duration,
+        requests=args.requests,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        users=args.users,
+        mix=parse_mix(args.mix),
+        headers=tuple(headers),
+        seed=args.seed,
     )
 
 

@@ -36,50 +36,37 @@ from service.tools.loadtest.protocols import (
 )
 from service.tools.loadtest.report import Measured
 from service.tools.loadtest.scenarios import NextRequest
+from service.tools.loadtest.schedule import Schedule
 
 CONNECT_BACKOFF = 0.05  # seconds before a slot reconnects after a failed or fruitless connection
 SWEEP_INTERVAL = 0.1  # request timeouts are checked this often
-MIN_TICK = 0.001  # the open loop dispatches what is due at most this often (timer resolution)
 
 
-class Driver:
-    """Runs ``plan`` in this process: owns the connections and the send schedule."""
+class Driver(Schedule):
+    """Runs ``plan`` in this process: owns the connections, and the schedule it inherits."""
 
-    def __init__(self, plan: Plan, next_request: NextRequest,
-                 on_tick: Callable[[Driver], None] | None = None) -> None:
-        self.plan = plan
+    def __init__(
+        self, plan: Plan, next_request: NextRequest, on_tick: Callable[[Driver], None] | None = None
+    ) -> None:
+        super().__init__(plan)
         self.next_request = next_request
         self.on_tick = on_tick
-        self.protocol: type[Connection] = (
-            HttpConnection if plan.kind == "http" else LineConnection)
+        self.protocol: type[Connection] = HttpConnection if plan.kind == "http" else LineConnection
         self.m = Measured()
         self.conns: set[Connection] = set()
         self.idle: list[Connection] = []
         self.started = False
-        self.sending = True
-        self.t_sched = 0.0  # the open loop's time zero
-        self.t_measure = math.inf  # latency origins from here on are measured
         self.t_stop = 0.0
         self.last_done = 0.0
-        self.budget = plan.requests  # closed loop: measured sends left; None: unbounded
-        # The open loop's requests are numbered: request i is due at t_sched + i / rate.
-        # Those in [dispatched, due) wait for a connection (the backlog: two ints, so
-        # an overloaded target cannot grow the client's memory); from first_measured on
-        # they are measured; the loop stops scheduling at limit (--requests).
-        self.due = 0
-        self.dispatched = 0
-        self.first_measured = 0
-        self.limit = math.inf
-        self.inflight = 0
         self.finished = 0
         # An answer to the request in flight on a connection: record it, send the next.
         unbounded_closed = plan.rate is None and plan.requests is None
         self.on_response: Callable[[Connection, int | str], None] = (
-            self._closed_loop_response if unbounded_closed else self._response)
+            self._closed_loop_response if unbounded_closed else self._response
+        )
         self.pongs = 0  # measured answers counted by PingConnection, folded in at the end
         if unbounded_closed and plan.kind == "tcp" and plan.scenario == "tcp-ping":
             self.protocol = PingConnection
-        self._tick_handle: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._connected: asyncio.Future[None] | None = None
         self._attempted = 0
@@ -148,56 +135,6 @@ class Driver:
         else:
             self._check_done()
 
-    def _ticket(self, now: float) -> bool:
-        """Closed loop: may one more request start now? (``--requests`` counts them.)"""
-        if self.budget is None or now < self.t_measure:
-            return True
-        if self.budget == 0:
-            self.sending = False
-            return False
-        self.budget -= 1
-        if self.budget == 0:
-            self.sending = False
-        return True
-
-    def _dispatch(self, conn: Connection) -> None:
-        """Open loop: send the oldest due request on ``conn``, timed from when it was due."""
-        rate = self.plan.rate
-        assert rate is not None
-        intended = self.t_sched + self.dispatched / rate
-        self.dispatched += 1
-        self.inflight += 1
-        conn.send(self.next_request(), intended)
-
-    def _tick(self) -> None:
-        """Open loop: hand out every request that is due by now, then sleep till the next."""
-        self._tick_handle = None
-        if not self.sending:
-            return
-        rate = self.plan.rate
-        assert rate is not None
-        self.due = int(min((perf_counter() - self.t_sched) * rate + 1, self.limit))
-        idle = self.idle
-        while idle and self.dispatched < self.due:
-            self._dispatch(idle.pop())
-        if self.due >= self.limit:
-            self.sending = False
-            self._check_done()
-            return
-        delay = max(self.t_sched + self.due / rate - perf_counter(), MIN_TICK)
-        self._tick_handle = asyncio.get_running_loop().call_later(delay, self._tick)
-
-    def _begin_measure(self, now: float) -> None:
-        """Requests whose latency origin is ``now`` or later are measured."""
-        self.t_measure = now
-        rate = self.plan.rate
-        if rate is not None:
-            self.first_measured = math.ceil((now - self.t_sched) * rate)
-            if self.plan.requests is not None:
-                self.limit = self.first_measured + self.plan.requests
-
-    # -- connection events ----------------------------------------------------------
-
     def on_ready(self, conn: Connection) -> None:
         self.conns.add(conn)
         if self.started:
@@ -243,8 +180,13 @@ class Driver:
         self._check_done()
 
     def _check_done(self) -> None:
-        if (not self.sending and self.inflight == 0 and self.dispatched >= self.due
-                and self._done is not None and not self._done.done()):
+        if (
+            not self.sending
+            and self.inflight == 0
+            and self.dispatched >= self.due
+            and self._done is not None
+            and not self._done.done()
+        ):
             self._done.set_result(None)
 
     # -- the run --------------------------------------------------------------------
@@ -258,14 +200,18 @@ class Driver:
             try:
                 async with asyncio.timeout(plan.timeout):
                     _, conn = await loop.create_connection(
-                        partial(self.protocol, self, closed), plan.host, plan.port)
+                        partial(self.protocol, self, closed), plan.host, plan.port
+                    )
             except OSError as exc:
                 self._connect_failed(connect_error_kind(exc))
                 conn = None
             finally:
                 self._attempted += 1
-                if self._attempted == plan.concurrency and self._connected is not None \
-                        and not self._connected.done():
+                if (
+                    self._attempted == plan.concurrency
+                    and self._connected is not None
+                    and not self._connected.done()
+                ):
                     self._connected.set_result(None)
             if conn is not None:
                 await closed
@@ -317,8 +263,10 @@ class Driver:
         self._connected = loop.create_future()
         plan = self.plan
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._slot(i), name=f"loadtest:conn-{i}")
-                     for i in range(plan.concurrency)]
+            tasks = [
+                tg.create_task(self._slot(i), name=f"loadtest:conn-{i}")
+                for i in range(plan.concurrency)
+            ]
             tasks.append(tg.create_task(self._sweep(), name="loadtest:sweep"))
             try:
                 await asyncio.wait([self._connected], timeout=plan.timeout)

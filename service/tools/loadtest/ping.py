@@ -47,8 +47,7 @@ class PingConnection(LineConnection):
 
     def data_received(self, data: bytes) -> None:
         driver = self.owner
-        if data != b"PONG\n" or self.buffer or not (self.busy and self.reusable
-                                                   and driver.sending):
+        if data != b"PONG\n" or self.buffer or not (self.busy and self.reusable and driver.sending):
             LineConnection.data_received(self, data)
             return
         now = perf_counter()

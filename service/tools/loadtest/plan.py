@@ -65,14 +65,16 @@ class Plan:
         plans = []
         for i in range(n):
             requests = None if self.requests is None else _share(self.requests, n, i)
-            plans.append(dataclasses.replace(
-                self,
-                workers=1,
-                concurrency=_share(self.concurrency, n, i),
-                rate=None if self.rate is None else self.rate / n,
-                requests=requests,
-                seed=None if self.seed is None else self.seed + i,
-            ))
+            plans.append(
+                dataclasses.replace(
+                    self,
+                    workers=1,
+                    concurrency=_share(self.concurrency, n, i),
+                    rate=None if self.rate is None else self.rate / n,
+                    requests=requests,
+                    seed=None if self.seed is None else self.seed + i,
+                )
+            )
         return plans
 
 
@@ -111,8 +113,9 @@ def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
     for item in text.split(","):
         name, sep, weight = item.strip().partition("=")
         if name not in HTTP_SCENARIOS or name in ("url", "mixed"):
-            raise PlanError(f"--mix: unknown scenario {name!r} "
-                            f"(choose from info, events, summary, hash)")
+            raise PlanError(
+                f"--mix: unknown scenario {name!r} (choose from info, events, summary, hash)"
+            )
         if not sep or not weight.isdigit():
             raise PlanError(f"--mix: {item!r} needs a whole weight, e.g. {name}=3")
         if int(weight) > 0:

@@ -51,8 +51,12 @@ def to_wire(m: Measured) -> dict[str, Any]:
     hist = new_histogram()
     for us, count in m.latencies_us.items():
         hist.record_value(min(max(us, 1), HIGHEST_US), count)
-    return {"histogram": hist.encode(), "statuses": dict(m.statuses),
-            "errors": dict(m.errors), "duration": m.duration}
+    return {
+        "histogram": hist.encode(),
+        "statuses": dict(m.statuses),
+        "errors": dict(m.errors),
+        "duration": m.duration,
+    }
 
 
 def wrk_interval_us(requests: int, concurrency: int, duration_seconds: float) -> int:
@@ -81,16 +85,20 @@ class WrkCorrected:
 
     def __init__(self, histogram: HdrHistogram, interval_us: int) -> None:
         self.interval = interval_us
-        recorded = [(int(item.value_iterated_to), int(item.count_at_value_iterated_to))
-                    for item in histogram.get_recorded_iterator()]
+        recorded = [
+            (int(item.value_iterated_to), int(item.count_at_value_iterated_to))
+            for item in histogram.get_recorded_iterator()
+        ]
         self.recorded = recorded
         self.values = [v for v, _ in recorded]
         self.cumulative = list(accumulate(c for _, c in recorded))
         # (value, count, how many synthetic copies below it): k = 1.. while v - k*i > i.
-        self.extra = [(v, c, (v - 1) // interval_us - 1) for v, c in recorded
-                      if interval_us > 0 and v >= 2 * interval_us]
-        self.total = (self.cumulative[-1] if recorded else 0) + sum(
-            c * k for _, c, k in self.extra)
+        self.extra = [
+            (v, c, (v - 1) // interval_us - 1)
+            for v, c in recorded
+            if interval_us > 0 and v >= 2 * interval_us
+        ]
+        self.total = (self.cumulative[-1] if recorded else 0) + sum(c * k for _, c, k in self.extra)
         self.max = self.values[-1] if recorded else 0
 
     def count_at_or_below(self, x: int) -> int:
@@ -153,8 +161,9 @@ class Report:
             for key, n in part["errors"].items():
                 errors[key] = errors.get(key, 0) + n
         duration = max((p["duration"] for p in parts), default=0.0)
-        return cls(plan, hist, dict(sorted(statuses.items())), dict(sorted(errors.items())),
-                   duration)
+        return cls(
+            plan, hist, dict(sorted(statuses.items())), dict(sorted(errors.items())), duration
+        )
 
     @property
     def requests(self) -> int:
@@ -257,17 +266,25 @@ class Report:
             "co_interval_ms": self.co_interval_us / 1000 if not plan.open_loop else None,
             "statuses": self.statuses,
             "error_kinds": self.error_kinds,
-            "slo": {"p99_ms": self.slo_p99_ms, "error_rate": self.slo_error_rate,
-                    "broken": self.slo_breaches()},
+            "slo": {
+                "p99_ms": self.slo_p99_ms,
+                "error_rate": self.slo_error_rate,
+                "broken": self.slo_breaches(),
+            },
         }
 
     def text(self) -> str:
         plan = self.plan
-        loop = (f"open loop at {plan.rate:g} req/s over {plan.concurrency} connections"
-                if plan.rate is not None else f"closed loop, {plan.concurrency} connections")
+        loop = (
+            f"open loop at {plan.rate:g} req/s over {plan.concurrency} connections"
+            if plan.rate is not None
+            else f"closed loop, {plan.concurrency} connections"
+        )
         lat = self.latency_ms()
-        fmt = "  ".join(f"{name.replace('p999', 'p99.9')} {{{name}:.3f}}"
-                        for name in ("p50", "p90", "p99", "p999", "max"))
+        fmt = "  ".join(
+            f"{name.replace('p999', 'p99.9')} {{{name}:.3f}}"
+            for name in ("p50", "p90", "p99", "p999", "max")
+        )
         lines = [
             f"target      {plan.target}  ({plan.scenario}; {loop}; "
             f"{plan.workers} worker{'s' if plan.workers > 1 else ''})",
@@ -276,17 +293,21 @@ class Report:
             f"requests    {self.requests:,}  ({self.requests_per_second:,.1f} req/s)",
             f"errors      {self.errors:,}  ({self.error_rate:.2%})",
             "latency ms  " + fmt.format(**lat),
-            "statuses    " + (", ".join(f"{k}: {v:,}" for k, v in self.statuses.items())
-                              or "none"),
+            "statuses    " + (", ".join(f"{k}: {v:,}" for k, v in self.statuses.items()) or "none"),
         ]
         corrected = self.latency_ms_co_corrected()
         if corrected is not None and self.requests:
-            lines.insert(5, "  as wrk    " + fmt.format(**corrected)
-                         + f"  (wrk's coordinated-omission correction, "
-                           f"interval {self.co_interval_us / 1000:.3f} ms)")
+            lines.insert(
+                5,
+                "  as wrk    "
+                + fmt.format(**corrected)
+                + f"  (wrk's coordinated-omission correction, "
+                f"interval {self.co_interval_us / 1000:.3f} ms)",
+            )
         if self.error_kinds:
-            lines.append("error kinds " + ", ".join(f"{k}: {v:,}"
-                                                    for k, v in self.error_kinds.items()))
+            lines.append(
+                "error kinds " + ", ".join(f"{k}: {v:,}" for k, v in self.error_kinds.items())
+            )
         if self.slo_p99_ms is not None or self.slo_error_rate is not None:
             broken = self.slo_breaches()
             lines.append("SLO         " + ("BROKEN: " + "; ".join(broken) if broken else "met"))

@@ -21,12 +21,21 @@ USER_AGENT = "service-loadtest/1"
 POOL_SIZE = 64
 
 
-def encode_http(method: str, path: str, host: str, body: bytes | None = None,
-                content_type: str = "application/json",
-                headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def encode_http(
+    method: str,
+    path: str,
+    host: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
     """One HTTP/1.1 keep-alive request, ready to write."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"User-Agent: {USER_AGENT}",
-             "Accept: */*"]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        f"User-Agent: {USER_AGENT}",
+        "Accept: */*",
+    ]
     lines.extend(f"{name}: {value}" for name, value in headers)
     if body is not None:
         lines.append(f"Content-Type: {content_type}")
@@ -59,15 +68,21 @@ def _http_pool(name: str, plan: Plan, rng: random.Random) -> list[bytes]:
     if name == "events":
         batches = []
         for _ in range(POOL_SIZE):
-            batch = [{"user_id": f"u{rng.randint(1, plan.users)}",
-                      "type": rng.choice(("click", "view", "purchase")),
-                      "payload": {"n": rng.randint(0, 1_000_000)}}
-                     for _ in range(plan.batch_size)]
+            batch = [
+                {
+                    "user_id": f"u{rng.randint(1, plan.users)}",
+                    "type": rng.choice(("click", "view", "purchase")),
+                    "payload": {"n": rng.randint(0, 1_000_000)},
+                }
+                for _ in range(plan.batch_size)
+            ]
             batches.append(req("POST", "/v1/events", orjson.dumps(batch)))
         return batches
     if name == "hash":
-        return [req("POST", "/v1/hash", orjson.dumps({"data": rng.randbytes(24).hex()}))
-                for _ in range(POOL_SIZE)]
+        return [
+            req("POST", "/v1/hash", orjson.dumps({"data": rng.randbytes(24).hex()}))
+            for _ in range(POOL_SIZE)
+        ]
     raise PlanError(f"unknown http scenario {name!r}")
 
 
@@ -75,8 +90,13 @@ def _tcp_pool(name: str, plan: Plan, rng: random.Random) -> list[bytes]:
     if name == "tcp-ping":
         return [b"PING\n"]
     if name == "tcp-events":
-        return [orjson.dumps({"user_id": f"u{rng.randint(1, plan.users)}", "type": "tcp",
-                              "payload": {"n": i}}) + b"\n" for i in range(POOL_SIZE)]
+        return [
+            orjson.dumps(
+                {"user_id": f"u{rng.randint(1, plan.users)}", "type": "tcp", "payload": {"n": i}}
+            )
+            + b"\n"
+            for i in range(POOL_SIZE)
+        ]
     raise PlanError(f"unknown tcp scenario {name!r}")
 
 

@@ -49,8 +49,10 @@ class Progress:
             return
         rate = (done - self.last_done) / (now - self.t_last)
         self.t_last, self.last_done = now, done
-        self.stream.write(f"\r{now - self.t_start:6.1f} s  {rate:12,.0f} req/s  "
-                          f"{done:12,} done  {errors:8,} errors ")
+        self.stream.write(
+            f"\r{now - self.t_start:6.1f} s  {rate:12,.0f} req/s  "
+            f"{done:12,} done  {errors:8,} errors "
+        )
         self.stream.flush()
 
     def finish(self) -> None:
@@ -63,9 +65,11 @@ def _errors(driver: Driver) -> int:
     return sum(driver.m.errors.values())
 
 
-def run_local(plan: Plan, loop: str = "uvloop",
-              progress: Progress | None = None) -> list[dict[str, Any]]:
+def run_local(
+    plan: Plan, loop: str = "uvloop", progress: Progress | None = None
+) -> list[dict[str, Any]]:
     """The whole plan in this process (one worker)."""
+
     def on_tick(driver: Driver) -> None:
         if progress is not None:
             progress.update(driver.completed, _errors(driver))
@@ -94,8 +98,9 @@ def _child(plan: Plan, pipe: Pipe, counters: Any, index: int, loop: str) -> None
     pipe.close()
 
 
-def run_workers(plan: Plan, loop: str = "uvloop",
-                progress: Progress | None = None) -> list[dict[str, Any]]:
+def run_workers(
+    plan: Plan, loop: str = "uvloop", progress: Progress | None = None
+) -> list[dict[str, Any]]:
     """The plan split over ``plan.workers`` spawned processes, results merged by the caller."""
     # spawn, not fork: the parent may have threads (tests do), and fork copies locks.
     ctx = multiprocessing.get_context("spawn")
@@ -105,8 +110,12 @@ def run_workers(plan: Plan, loop: str = "uvloop",
     try:
         for i, part in enumerate(plans):
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=_child, args=(part, child_end, counters, i, loop),
-                               name=f"loadtest-worker-{i}", daemon=True)
+            proc = ctx.Process(
+                target=_child,
+                args=(part, child_end, counters, i, loop),
+                name=f"loadtest-worker-{i}",
+                daemon=True,
+            )
             proc.start()
             child_end.close()
             procs.append(proc)
@@ -126,8 +135,9 @@ def run_workers(plan: Plan, loop: str = "uvloop",
                 proc.join()
 
 
-def _collect(plan: Plan, pipes: list[Pipe], counters: Any,
-             progress: Progress | None) -> list[dict[str, Any]]:
+def _collect(
+    plan: Plan, pipes: list[Pipe], counters: Any, progress: Progress | None
+) -> list[dict[str, Any]]:
     limit = None
     if plan.duration is not None:
         limit = time.monotonic() + plan.warmup + plan.duration + plan.grace + 10.0

@@ -68,8 +68,12 @@ def test_cancellations_do_not_count() -> None:
 
 
 async def _client(url: str, **settings: object) -> DownstreamClient:
-    values = {"breaker_failures": 5, "breaker_reset_seconds": 0.3, "retry_budget_ratio": 0.0,
-              **settings}
+    values = {
+        "breaker_failures": 5,
+        "breaker_reset_seconds": 0.3,
+        "retry_budget_ratio": 0.0,
+        **settings,
+    }
     return await started_client("users", url, **values)
 
 
@@ -114,8 +118,10 @@ async def test_caller_cancellations_do_not_trip_the_breaker() -> None:
     async with running_stub("users", latency_ms=5000) as users:
         client = await _client(users.url, bulkhead=100)
         try:
-            tasks = [asyncio.create_task(client.get_json("/users/u1", Deadline.after(10)))
-                     for _ in range(100)]
+            tasks = [
+                asyncio.create_task(client.get_json("/users/u1", Deadline.after(10)))
+                for _ in range(100)
+            ]
             assert await wait_for(lambda: users.stats.in_flight == 100)
             for task in tasks:
                 task.cancel()
@@ -145,7 +151,8 @@ async def test_half_open_sends_exactly_one_probe() -> None:
             seen = users.stats.requests
             results = await asyncio.gather(
                 *(client.get_json("/users/u1", Deadline.after(2)) for _ in range(20)),
-                return_exceptions=True)
+                return_exceptions=True,
+            )
             assert users.stats.requests == seen + 1
             assert sum(isinstance(r, dict) for r in results) == 1
             assert sum(isinstance(r, CircuitOpen) for r in results) == 19

@@ -58,9 +58,11 @@ async def test_thousand_concurrent_lookups_of_ten_users_make_ten_calls() -> None
         lookup: UserLookup = client  # the pipeline's view of it
         try:
             results = await asyncio.gather(
-                *(lookup.get_user(f"u{i % 10 + 1}") for i in range(1000)))
+                *(lookup.get_user(f"u{i % 10 + 1}") for i in range(1000))
+            )
             assert [r["id"] if r else None for r in results] == [
-                f"u{i % 10 + 1}" for i in range(1000)]
+                f"u{i % 10 + 1}" for i in range(1000)
+            ]
             assert stub.stats.requests == 10
             # Cached now: another round costs nothing.
             await asyncio.gather(*(lookup.get_user(f"u{i + 1}") for i in range(10)))

@@ -23,8 +23,7 @@ from tests.support.stubs import running_stub, started_client, wait_for
 
 @pytest.mark.asyncio
 async def test_session_has_explicit_limits_not_aiohttps_defaults() -> None:
-    client = await started_client("users", "http://127.0.0.1:1", pool_size=7,
-                                  connect_timeout=0.5)
+    client = await started_client("users", "http://127.0.0.1:1", pool_size=7, connect_timeout=0.5)
     try:
         session = client._session
         assert session is not None
@@ -41,8 +40,9 @@ async def test_forwards_request_id_and_remaining_deadline() -> None:
     seen: list[tuple[str | None, str | None]] = []
 
     async def handler(request: web.Request) -> web.Response:
-        seen.append((request.headers.get("X-Request-ID"),
-                     request.headers.get("X-Request-Deadline-Ms")))
+        seen.append(
+            (request.headers.get("X-Request-ID"), request.headers.get("X-Request-Deadline-Ms"))
+        )
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -57,7 +57,7 @@ async def test_forwards_request_id_and_remaining_deadline() -> None:
                 request_id_var.reset(token)
         finally:
             await client.close()
-    (rid, deadline_ms), = seen
+    ((rid, deadline_ms),) = seen
     assert rid == "req-123"
     assert deadline_ms is not None
     assert 1000 < int(deadline_ms) <= 1500
@@ -91,8 +91,9 @@ async def test_body_over_the_cap_without_content_length_is_cut_off() -> None:
     app = web.Application()
     app.router.add_get("/big", chunked)
     async with serving(app) as port:
-        client = await started_client("users", f"http://127.0.0.1:{port}",
-                                      max_response_bytes=50_000)
+        client = await started_client(
+            "users", f"http://127.0.0.1:{port}", max_response_bytes=50_000
+        )
         try:
             with pytest.raises(BadResponse, match="over 50000 bytes"):
                 await client.get_json("/big", Deadline.after(2))
@@ -116,8 +117,7 @@ async def test_not_found_is_its_own_error_and_not_a_failure() -> None:
 
 @pytest.mark.asyncio
 async def test_connection_refused_is_a_bad_response() -> None:
-    client = await started_client("users", f"http://127.0.0.1:{free_port()}",
-                                  retry_budget_ratio=0)
+    client = await started_client("users", f"http://127.0.0.1:{free_port()}", retry_budget_ratio=0)
     try:
         with pytest.raises(BadResponse, match="connection failed"):
             await client.get_json("/users/u1", Deadline.after(2))
@@ -148,7 +148,8 @@ async def test_full_bulkhead_rejects_after_a_short_wait() -> None:
         try:
             results = await asyncio.gather(
                 *(client.get_json("/users/u1", Deadline.after(2)) for _ in range(5)),
-                return_exceptions=True)
+                return_exceptions=True,
+            )
             assert sum(isinstance(r, dict) for r in results) == 2
             assert sum(isinstance(r, BulkheadFull) for r in results) == 3
             assert stub.stats.requests == 2

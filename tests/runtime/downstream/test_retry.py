@@ -75,8 +75,11 @@ def test_half_failing_downstream_gets_bounded_retries() -> None:
 async def _half_failing_downstream() -> None:
     async with running_stub("users", error_rate=0.5) as users:
         settings = service_settings(
-            users.url, retry_backoff_seconds=BASE, retry_backoff_max_seconds=CAP,
-            breaker_failures=1_000_000)  # this test is about retries, not the breaker
+            users.url,
+            retry_backoff_seconds=BASE,
+            retry_backoff_max_seconds=CAP,
+            breaker_failures=1_000_000,
+        )  # this test is about retries, not the breaker
         client = CountingClient("users", settings, Metrics())
         await client.start()
         try:
@@ -115,8 +118,12 @@ async def _half_failing_downstream() -> None:
 @pytest.mark.asyncio
 async def test_single_call_makes_at_most_three_attempts() -> None:
     async with running_stub("users", error_rate=1.0) as users:
-        settings = service_settings(users.url, retry_backoff_seconds=BASE,
-                                       retry_backoff_max_seconds=CAP, breaker_failures=1000)
+        settings = service_settings(
+            users.url,
+            retry_backoff_seconds=BASE,
+            retry_backoff_max_seconds=CAP,
+            breaker_failures=1000,
+        )
         client = CountingClient("users", settings, Metrics())
         for _ in range(100):
             client.retry.budget.on_call()  # a full budget: only the attempt limit stops it
@@ -157,8 +164,9 @@ async def test_post_is_never_retried() -> None:
 @pytest.mark.asyncio
 async def test_no_retry_sleeps_past_the_deadline() -> None:
     async with running_stub("users", error_rate=1.0) as users:
-        settings = service_settings(users.url, retry_backoff_seconds=10.0,
-                                       retry_backoff_max_seconds=10.0)
+        settings = service_settings(
+            users.url, retry_backoff_seconds=10.0, retry_backoff_max_seconds=10.0
+        )
         client = DownstreamClient("users", settings, Metrics())
         for _ in range(100):
             client.retry.budget.on_call()

@@ -42,25 +42,38 @@ async def _serve(fast_path: bool) -> tuple[dict[str, float], list[dict[str, Any]
     log.configure(LogSettings(format="json", flush_interval=0), stream=buf)
     settings = make_settings(http={"fast_path": fast_path})
     app = create_app(settings)
-    listener = HttpListener(app, settings.http, header_timeouts=CounterChild(),
-                            in_flight=GaugeChild(), middleware=app[HTTP_MIDDLEWARE])
+    listener = HttpListener(
+        app,
+        settings.http,
+        header_timeouts=CounterChild(),
+        in_flight=GaugeChild(),
+        middleware=app[HTTP_MIDDLEWARE],
+    )
     port = (await listener.start())[0][1]
     try:
         async with aiohttp.ClientSession(headers={"User-Agent": "compat-test"}) as session:
             for method, path, rid, body in REQUESTS:
-                async with session.request(method, f"http://127.0.0.1:{port}{path}", data=body,
-                                           headers={"X-Request-ID": rid}) as resp:
+                async with session.request(
+                    method,
+                    f"http://127.0.0.1:{port}{path}",
+                    data=body,
+                    headers={"X-Request-ID": rid},
+                ) as resp:
                     await resp.read()
         app[HTTP_MIDDLEWARE].records.settle()
-        counts = {"/".join(key): child.value
-                  for key, child in app[METRICS].http_requests.children()}
+        counts = {
+            "/".join(key): child.value for key, child in app[METRICS].http_requests.children()
+        }
         fast = app[HTTP_MIDDLEWARE].access.fast
     finally:
         await listener.cleanup()
     log.sink().flush()
     lines = [json.loads(raw) for raw in buf.getvalue().splitlines()]
-    access = [{k: v for k, v in line.items() if k not in VARYING}
-              for line in lines if line.get("event") == "access"]
+    access = [
+        {k: v for k, v in line.items() if k not in VARYING}
+        for line in lines
+        if line.get("event") == "access"
+    ]
     return counts, access, fast
 
 
@@ -80,7 +93,8 @@ async def test_both_paths_count_the_same_metrics_and_write_the_same_access_lines
 
 
 def test_a_renamed_private_field_falls_back_to_the_public_api_with_one_warning(
-        monkeypatch: pytest.MonkeyPatch, log_output: io.BytesIO) -> None:
+    monkeypatch: pytest.MonkeyPatch, log_output: io.BytesIO
+) -> None:
     def renamed(request: Any) -> Any:
         raise AttributeError("'Request' object has no attribute '_message'")
 
@@ -99,7 +113,8 @@ def test_on_this_aiohttp_the_fast_path_is_chosen() -> None:
 
 @pytest.mark.asyncio
 async def test_the_client_resend_switch_is_off_or_said_to_be_missing(
-        log_output: io.BytesIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    log_output: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(compat, "_warned_resend", False)
     async with aiohttp.ClientSession() as session:
         assert compat.disable_connection_resend(session) is True

@@ -34,8 +34,13 @@ async def serving() -> AsyncIterator[tuple[int, CounterChild]]:
     app = create_app(settings)
     app.router.add_post("/upload", _upload)
     timeouts = CounterChild()
-    listener = HttpListener(app, settings.http, header_timeouts=timeouts,
-                            in_flight=GaugeChild(), middleware=app[HTTP_MIDDLEWARE])
+    listener = HttpListener(
+        app,
+        settings.http,
+        header_timeouts=timeouts,
+        in_flight=GaugeChild(),
+        middleware=app[HTTP_MIDDLEWARE],
+    )
     addresses = await listener.start()
     try:
         yield addresses[0][1], timeouts
@@ -43,8 +48,9 @@ async def serving() -> AsyncIterator[tuple[int, CounterChild]]:
         await listener.cleanup()
 
 
-async def _closed_after(reader: asyncio.StreamReader, limit: float,
-                        start: float | None = None) -> float:
+async def _closed_after(
+    reader: asyncio.StreamReader, limit: float, start: float | None = None
+) -> float:
     """Seconds (since ``start``, default now) until the server closed the connection."""
     start = time.monotonic() if start is None else start
     try:
@@ -177,9 +183,13 @@ async def _slowloris(port: int, timeout: float) -> tuple[list[float], list[float
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_300_slowloris_connections_closed_while_serving(loop: str) -> None:
     timeout = 1.0
-    with running_service(env={"SERVICE_HTTP__HEADER_TIMEOUT": str(timeout),
-                              "SERVICE_LOOP__KIND": loop,
-                              "SERVICE_LOG__ACCESS_LOG": "false"}) as svc:
+    with running_service(
+        env={
+            "SERVICE_HTTP__HEADER_TIMEOUT": str(timeout),
+            "SERVICE_LOOP__KIND": loop,
+            "SERVICE_LOG__ACCESS_LOG": "false",
+        }
+    ) as svc:
         closed, latencies = asyncio.run(_slowloris(svc.ports["http"], timeout))
         metrics = scrape(svc.url("/metrics", "admin"))
         assert svc.stop() == 0
@@ -192,13 +202,18 @@ def test_300_slowloris_connections_closed_while_serving(loop: str) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("request_bytes", [
-    b"GET /v1/info HTTP/1.1\r\nHost: x\r\nUser-Agent: a\x0bb\r\n\r\n",  # a control byte
-    b"GARBAGE\r\n\r\n",  # no request line
-    b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",  # header too big
-], ids=["control-byte", "garbage", "huge-header"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nUser-Agent: a\x0bb\r\n\r\n",  # a control byte
+        b"GARBAGE\r\n\r\n",  # no request line
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",  # header too big
+    ],
+    ids=["control-byte", "garbage", "huge-header"],
+)
 async def test_a_request_the_parser_refuses_is_a_problem_and_one_info_line(
-    request_bytes: bytes, log_output: io.BytesIO,
+    request_bytes: bytes,
+    log_output: io.BytesIO,
 ) -> None:
     """No text/plain answer, no error-level traceback per bad client: 400 problem+json."""
     async with serving() as (port, _):

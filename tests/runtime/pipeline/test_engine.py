@@ -43,8 +43,14 @@ class FailingUsers:
 
 
 def settings(**overrides: Any) -> PipelineSettings:
-    base: dict[str, Any] = {"ingest_capacity": 100, "enrich_capacity": 100, "enrich_workers": 2,
-                            "batch_size": 50, "flush_interval": 0.01, "subscriber_buffer": 10}
+    base: dict[str, Any] = {
+        "ingest_capacity": 100,
+        "enrich_capacity": 100,
+        "enrich_workers": 2,
+        "batch_size": 50,
+        "flush_interval": 0.01,
+        "subscriber_buffer": 10,
+    }
     base.update(overrides)
     return PipelineSettings(**base)
 
@@ -54,12 +60,12 @@ def ev(user: str = "u1", kind: str = "click") -> Event:
 
 
 @contextlib.asynccontextmanager
-async def stalled(metrics: Metrics | None = None,
-                  **overrides: Any) -> AsyncIterator[tuple[Pipeline, MemorySink]]:
+async def stalled(
+    metrics: Metrics | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Pipeline, MemorySink]]:
     """A demo pipeline whose sink takes nothing until the test says ``sink.running.set()``."""
     sink = MemorySink(stalled=True)
-    async with demo_pipeline(settings(**overrides), metrics or Metrics(), LocalUsers(),
-                             sink) as p:
+    async with demo_pipeline(settings(**overrides), metrics or Metrics(), LocalUsers(), sink) as p:
         yield p, sink
 
 
@@ -129,8 +135,7 @@ async def test_batches_are_bounded_by_size() -> None:
 @pytest.mark.asyncio
 async def test_a_batch_is_all_or_nothing_when_the_ingest_queue_is_short_of_room() -> None:
     metrics = Metrics()
-    async with stalled(metrics, ingest_capacity=10, enrich_capacity=5,
-                       batch_size=5) as (p, sink):
+    async with stalled(metrics, ingest_capacity=10, enrich_capacity=5, batch_size=5) as (p, sink):
         # Fill everything downstream of intake, then the ingest queue itself.
         accepted = await fill(p)
         before = p.accepted
@@ -150,8 +155,10 @@ async def test_a_batch_is_all_or_nothing_when_the_ingest_queue_is_short_of_room(
 
 @pytest.mark.asyncio
 async def test_offer_waits_for_room_then_gives_up() -> None:
-    async with stalled(ingest_capacity=2, enrich_capacity=1, batch_size=1,
-                       enrich_workers=1) as (p, sink):
+    async with stalled(ingest_capacity=2, enrich_capacity=1, batch_size=1, enrich_workers=1) as (
+        p,
+        sink,
+    ):
         await fill(p)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -171,8 +178,10 @@ async def test_offer_waits_for_room_then_gives_up() -> None:
 
 @pytest.mark.asyncio
 async def test_drain_refuses_waiting_and_new_offers() -> None:
-    async with stalled(ingest_capacity=1, enrich_capacity=1, batch_size=1,
-                       enrich_workers=1) as (p, sink):
+    async with stalled(ingest_capacity=1, enrich_capacity=1, batch_size=1, enrich_workers=1) as (
+        p,
+        sink,
+    ):
         await fill(p)
         waiting = asyncio.create_task(p.offer(ev(), timeout=30))
         await asyncio.sleep(0.01)
@@ -209,8 +218,9 @@ async def test_a_slow_lookup_is_skipped_in_the_second_half_of_the_drain() -> Non
     (A lookup owns its deadline: the one in flight is awaited to its end.)
     """
     sink = MemorySink()
-    async with demo_pipeline(settings(enrich_workers=1), Metrics(), FailingUsers(delay=0.3),
-                        sink) as p:
+    async with demo_pipeline(
+        settings(enrich_workers=1), Metrics(), FailingUsers(delay=0.3), sink
+    ) as p:
         p.offer_batch_nowait([ev() for _ in range(5)])
         await asyncio.sleep(0.01)
         await p.drain(0.4)
@@ -234,8 +244,9 @@ async def test_subscribers_follow_delivered_events_and_slow_ones_are_cut_off() -
     sink = MemorySink()
     metrics = Metrics()
     cut: list[bool] = []
-    async with demo_pipeline(settings(subscriber_buffer=10, batch_size=5), metrics, LocalUsers(),
-                        sink) as p:
+    async with demo_pipeline(
+        settings(subscriber_buffer=10, batch_size=5), metrics, LocalUsers(), sink
+    ) as p:
         with p.hub.subscribe() as fast, p.hub.subscribe(on_cutoff=lambda: cut.append(True)):
             got: list[bytes] = []
             reader_done = asyncio.Event()
@@ -283,15 +294,16 @@ async def test_metrics_show_queues_outcomes_and_latency() -> None:
 
 @pytest.mark.asyncio
 async def test_workers_are_named_tasks_in_the_pipeline_group() -> None:
-    async with demo_pipeline(settings(enrich_workers=3), Metrics(), LocalUsers(),
-                             MemorySink()) as p:
+    async with demo_pipeline(
+        settings(enrich_workers=3), Metrics(), LocalUsers(), MemorySink()
+    ) as p:
         await asyncio.sleep(0)
         names = {t.get_name() for t in asyncio.all_tasks()}
-        assert {"pipeline:run", "pipeline:enrich-0", "pipeline:enrich-2",
-                "pipeline:sink"} <= names
+        assert {"pipeline:run", "pipeline:enrich-0", "pipeline:enrich-2", "pipeline:sink"} <= names
         await p.drain(5)
-    assert not any(t.get_name().startswith("pipeline:") and not t.done()
-                   for t in asyncio.all_tasks())
+    assert not any(
+        t.get_name().startswith("pipeline:") and not t.done() for t in asyncio.all_tasks()
+    )
 
 
 @pytest.mark.asyncio
@@ -324,8 +336,10 @@ async def test_tcp_clients_stop_being_read_while_the_sink_is_stalled() -> None:
     """
     metrics = Metrics()
     tcp = make_settings(tcp={"overload_timeout": 0.2}).tcp
-    async with stalled(metrics, ingest_capacity=200, enrich_capacity=200,
-                       batch_size=100) as (p, sink):
+    async with stalled(metrics, ingest_capacity=200, enrich_capacity=200, batch_size=100) as (
+        p,
+        sink,
+    ):
         server = TcpServer(tcp, metrics, EventLines(p, 5.0))
         port = (await server.start())[0][1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -17,8 +17,7 @@ from service.runtime.settings import PipelineSettings
 
 
 def _lines(n: int, start: int = 0) -> list[SinkLine]:
-    return [(f"id-{i}", f'{{"id":"id-{i}"}}'.encode())
-            for i in range(start, start + n)]
+    return [(f"id-{i}", f'{{"id":"id-{i}"}}'.encode()) for i in range(start, start + n)]
 
 
 @pytest.mark.asyncio
@@ -48,8 +47,9 @@ async def test_reopening_appends_after_existing_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_torn_last_line_is_set_aside_at_open(tmp_path: Path,
-                                                     log_output: io.BytesIO) -> None:
+async def test_a_torn_last_line_is_set_aside_at_open(
+    tmp_path: Path, log_output: io.BytesIO
+) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b'{"id":"a"}\n{"id":"b"}\n{"id":"c","ty')
     sink = FileSink(path)
@@ -105,8 +105,9 @@ def test_a_failed_write_leaves_no_part_of_the_batch(tmp_path: Path) -> None:
         sink._write([("c", b"z" * 10)])
         sink._close()
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
     assert out.stdout.startswith("failed"), out
     assert path.read_bytes() == b"x" * 1000 + b"\n" + b"z" * 10 + b"\n"
 

@@ -36,8 +36,9 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def lines(prefix: str, n: int) -> list[SinkLine]:
-    return [(f"{prefix}-{i}", json.dumps({"id": f"{prefix}-{i}", "n": i}).encode())
-            for i in range(n)]
+    return [
+        (f"{prefix}-{i}", json.dumps({"id": f"{prefix}-{i}", "n": i}).encode()) for i in range(n)
+    ]
 
 
 @pytest.mark.asyncio
@@ -105,8 +106,7 @@ async def test_a_retry_after_a_lost_reply_stores_the_batch_once(server: RedisSer
 
 
 @pytest.mark.asyncio
-async def test_a_retry_of_a_batch_that_failed_before_redis_stores_it(
-        server: RedisServer) -> None:
+async def test_a_retry_of_a_batch_that_failed_before_redis_stores_it(server: RedisServer) -> None:
     async with FaultProxy("127.0.0.1", server.port) as proxy:
         sink = RedisSink(f"redis://127.0.0.1:{proxy.port}/0", STREAM, probe_interval=60)
         await sink.open()
@@ -124,8 +124,7 @@ async def test_a_retry_of_a_batch_that_failed_before_redis_stores_it(
 
 
 @pytest.mark.asyncio
-async def test_outage_fails_fast_then_recovers_and_probe_tracks_health(
-        tmp_path: Path) -> None:
+async def test_outage_fails_fast_then_recovers_and_probe_tracks_health(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     sink = RedisSink(server.url, STREAM, probe_interval=0.05)
     await sink.open()
@@ -174,13 +173,18 @@ async def test_sink_starts_while_redis_is_down_and_is_not_healthy(tmp_path: Path
 
 
 @pytest.mark.asyncio
-async def test_pipeline_backpressure_during_an_outage_then_everything_once(
-        tmp_path: Path) -> None:
+async def test_pipeline_backpressure_during_an_outage_then_everything_once(tmp_path: Path) -> None:
     """Redis down: the batch waits, queues fill, intake refuses; back up: all delivered once."""
     server = RedisServer(tmp_path / "redis").start()
-    settings = PipelineSettings(sink="redis", redis_url=server.url, redis_stream=STREAM,
-                                ingest_capacity=200, enrich_capacity=200, batch_size=50,
-                                flush_interval=0.01)
+    settings = PipelineSettings(
+        sink="redis",
+        redis_url=server.url,
+        redis_stream=STREAM,
+        ingest_capacity=200,
+        enrich_capacity=200,
+        batch_size=50,
+        flush_interval=0.01,
+    )
     sink = make_sink(settings)
     assert isinstance(sink, RedisSink)
     pipeline = demo_pipeline(settings, Metrics(), LocalUsers(), sink)
@@ -214,8 +218,9 @@ async def test_pipeline_backpressure_during_an_outage_then_everything_once(
 
 @pytest.mark.asyncio
 async def test_event_bytes_round_trip_exactly(server: RedisServer) -> None:
-    tricky = json.dumps({"text": "a\nb\r\n\\n", "u": "é😀", "empty": ""},
-                        ensure_ascii=False).encode()
+    tricky = json.dumps(
+        {"text": "a\nb\r\n\\n", "u": "é😀", "empty": ""}, ensure_ascii=False
+    ).encode()
     sink = RedisSink(server.url, STREAM)
     await sink.open()
     try:
@@ -229,5 +234,8 @@ async def test_event_bytes_round_trip_exactly(server: RedisServer) -> None:
         raw = [fields for _, fields in client.xrange(STREAM)]
     finally:
         client.close()
-    assert raw == [{b"id": b"t-1", b"event": tricky}, {b"id": b"t-2", b"event": b"{}"},
-                   {b"id": b"t-3", b"event": tricky}]
+    assert raw == [
+        {b"id": b"t-1", b"event": tricky},
+        {b"id": b"t-2", b"event": b"{}"},
+        {b"id": b"t-3", b"event": tricky},
+    ]

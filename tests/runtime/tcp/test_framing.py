@@ -20,9 +20,24 @@ from tests.support.fakes import LocalIntake
 from tests.support.settings import make_settings
 
 LINES = [
-    b"PING", b"PING\r", b" PING ", b'{"user_id": "u", "type": "t"}', b'{"user_id": 1}',
-    b"[1]", b"null", b"", b"  \t", b"\r", b"a\rb", b"\x00", b"\xff\xfe", b'{"a\\n": 1}',
-    b"\x1b[2J", "é".encode(), b"PONG", b"OK 1",
+    b"PING",
+    b"PING\r",
+    b" PING ",
+    b'{"user_id": "u", "type": "t"}',
+    b'{"user_id": 1}',
+    b"[1]",
+    b"null",
+    b"",
+    b"  \t",
+    b"\r",
+    b"a\rb",
+    b"\x00",
+    b"\xff\xfe",
+    b'{"a\\n": 1}',
+    b"\x1b[2J",
+    "é".encode(),
+    b"PONG",
+    b"OK 1",
 ]
 
 
@@ -53,8 +68,11 @@ class RecordingTransport:
 
 
 def converse(data: bytes, cuts: list[int], max_line_bytes: int = 1024) -> list[bytes]:
-    server = TcpServer(make_settings(tcp={"max_line_bytes": max_line_bytes}).tcp, Metrics(),
-                       EventLines(LocalIntake(), 5.0))
+    server = TcpServer(
+        make_settings(tcp={"max_line_bytes": max_line_bytes}).tcp,
+        Metrics(),
+        EventLines(LocalIntake(), 5.0),
+    )
     conn = Connection(server)
     transport = RecordingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]

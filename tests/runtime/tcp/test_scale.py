@@ -61,8 +61,11 @@ def test_ten_thousand_idle_connections_cost_under_4_kib_each(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < CONNECTIONS + 1000:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, CONNECTIONS + 2000), hard))
-    env = {"SERVICE_LOOP__KIND": loop_kind, "SERVICE_TCP__MAX_CONNECTIONS": str(CONNECTIONS),
-           "SERVICE_PIPELINE__SINK_PATH": str(tmp_path / "events.jsonl")}
+    env = {
+        "SERVICE_LOOP__KIND": loop_kind,
+        "SERVICE_TCP__MAX_CONNECTIONS": str(CONNECTIONS),
+        "SERVICE_PIPELINE__SINK_PATH": str(tmp_path / "events.jsonl"),
+    }
 
     async def main(port: int, pid: int, metrics_url: str) -> tuple[int, int, float]:
         # Warm up (first allocations of every code path), then take the baseline.
@@ -84,13 +87,17 @@ def test_ten_thousand_idle_connections_cost_under_4_kib_each(
         assert proc.proc is not None
         began = time.monotonic()
         before, after, value = asyncio.run(
-            main(proc.ports["tcp"], proc.proc.pid, proc.url("/metrics", "admin")))
+            main(proc.ports["tcp"], proc.proc.pid, proc.url("/metrics", "admin"))
+        )
         elapsed = time.monotonic() - began
         assert proc.stop() == 0, proc.output()[-3000:]
 
     per_connection = (after - before) / CONNECTIONS
-    print(f"\n{loop_kind}: {CONNECTIONS} idle connections, RSS {before / 2**20:.1f} -> "
-          f"{after / 2**20:.1f} MiB, {per_connection:.0f} bytes per connection, "
-          f"{elapsed:.1f} s", file=sys.stderr)
+    print(
+        f"\n{loop_kind}: {CONNECTIONS} idle connections, RSS {before / 2**20:.1f} -> "
+        f"{after / 2**20:.1f} MiB, {per_connection:.0f} bytes per connection, "
+        f"{elapsed:.1f} s",
+        file=sys.stderr,
+    )
     assert value == CONNECTIONS
     assert per_connection < TARGET_BYTES_PER_CONNECTION

@@ -115,6 +115,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 
 # -- the rows of SPEC.md's table ------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_ping_is_answered_pong_with_lf_or_crlf() -> None:
     async with tcp_server() as running:
@@ -129,20 +130,23 @@ async def test_event_line_is_validated_and_acknowledged_with_the_intake_id() -> 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("line", "answer"), [
-    (b"{not json", "ERR invalid_json not valid JSON"),
-    (b"hello", "ERR invalid_json not valid JSON"),
-    (b'{"type": "click"}', "ERR invalid_event user_id: is required"),
-    (b'{"user_id": "u", "type": "t", "extra": 1}', "ERR invalid_event extra: unknown field"),
-    (b"[1, 2]", "ERR invalid_event an event must be a JSON object"),
-    (b'"a string"', "ERR invalid_event an event must be a JSON object"),
-    (b"\xff\xfe{}", "ERR invalid_json not valid UTF-8"),
-    (b'{"user_id": "\x00"}', "ERR invalid_json NUL byte in line"),
-    (b"   \t ", "ERR invalid_json empty line"),
-    (b"", "ERR invalid_json empty line"),
-    (b'{"user_id": "u",\r"type": "t"}', "ERR invalid_json bare CR in line"),
-    (b"\r\r", "ERR invalid_json bare CR in line"),
-])
+@pytest.mark.parametrize(
+    ("line", "answer"),
+    [
+        (b"{not json", "ERR invalid_json not valid JSON"),
+        (b"hello", "ERR invalid_json not valid JSON"),
+        (b'{"type": "click"}', "ERR invalid_event user_id: is required"),
+        (b'{"user_id": "u", "type": "t", "extra": 1}', "ERR invalid_event extra: unknown field"),
+        (b"[1, 2]", "ERR invalid_event an event must be a JSON object"),
+        (b'"a string"', "ERR invalid_event an event must be a JSON object"),
+        (b"\xff\xfe{}", "ERR invalid_json not valid UTF-8"),
+        (b'{"user_id": "\x00"}', "ERR invalid_json NUL byte in line"),
+        (b"   \t ", "ERR invalid_json empty line"),
+        (b"", "ERR invalid_json empty line"),
+        (b'{"user_id": "u",\r"type": "t"}', "ERR invalid_json bare CR in line"),
+        (b"\r\r", "ERR invalid_json bare CR in line"),
+    ],
+)
 async def test_bad_lines_get_a_clear_error_and_the_connection_goes_on(
     line: bytes, answer: str
 ) -> None:
@@ -169,8 +173,9 @@ async def test_pipelined_lines_are_answered_in_order() -> None:
         lines = [(b"PING", EVENT, b"nope")[k] for k in kinds]
         got = await ask(running, b"\n".join(lines) + b"\n", len(lines))
         oks = iter(range(1, 2000))
-        expected = [("PONG\n" if k == 0 else f"OK id-{next(oks)}\n" if k == 1 else "ERR")
-                    for k in kinds]
+        expected = [
+            ("PONG\n" if k == 0 else f"OK id-{next(oks)}\n" if k == 1 else "ERR") for k in kinds
+        ]
         assert [g if not g.startswith("ERR") else "ERR" for g in got] == expected
 
 
@@ -200,6 +205,7 @@ async def test_a_last_line_without_newline_is_answered_before_close() -> None:
 
 
 # -- limits -------------------------------------------------------------------
+
 
 @pytest.mark.asyncio
 async def test_a_line_over_max_line_bytes_gets_err_line_too_long_then_close() -> None:
@@ -286,6 +292,7 @@ async def test_a_client_that_never_reads_cannot_grow_server_memory_and_is_cut() 
 
 # -- backpressure -----------------------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_a_full_pipeline_stops_reading_and_answers_overloaded_after_the_timeout() -> None:
     async with tcp_server(overload_timeout=0.3) as running:
@@ -293,8 +300,7 @@ async def test_a_full_pipeline_stops_reading_and_answers_overloaded_after_the_ti
         reader, writer = await running.connect()
         began = time.monotonic()
         writer.write(EVENT + b"\nPING\n")
-        assert await read_lines(reader, 2) == ["ERR overloaded no room in the pipeline\n",
-                                              "PONG\n"]
+        assert await read_lines(reader, 2) == ["ERR overloaded no room in the pipeline\n", "PONG\n"]
         assert time.monotonic() - began >= 0.3
         writer.close()
 
@@ -336,6 +342,7 @@ async def test_a_closed_intake_says_bye_shutdown() -> None:
 @pytest.mark.asyncio
 async def test_an_intake_bug_is_an_err_internal_and_the_connection_goes_on() -> None:
     async with tcp_server() as running:
+
         def broken(event: Event) -> str:
             raise RuntimeError("bug")
 
@@ -361,6 +368,7 @@ async def test_a_half_closed_client_gets_every_answer_then_the_close() -> None:
 
 # -- metrics ----------------------------------------------------------------------
 
+
 @pytest.mark.asyncio
 async def test_metrics_count_connections_and_messages() -> None:
     async with tcp_server() as running:
@@ -381,6 +389,7 @@ async def test_metrics_count_connections_and_messages() -> None:
 
 
 # -- shutdown ---------------------------------------------------------------------
+
 
 @pytest.mark.asyncio
 async def test_shutdown_answers_what_was_read_says_bye_and_closes_in_time(
@@ -410,10 +419,14 @@ async def test_shutdown_answers_what_was_read_says_bye_and_closes_in_time(
             assert await partial_reader.read() == b"BYE shutdown\n"
             # The line waiting for room is answered before the grace period ends.
             assert await waiting_reader.read() == (
-                b"ERR overloaded no room in the pipeline\nPONG\nBYE shutdown\n")
+                b"ERR overloaded no room in the pipeline\nPONG\nBYE shutdown\n"
+            )
         assert running.server.active == 0
-        for _, writer in (*idle, (partial_reader, partial_writer),
-                          (waiting_reader, waiting_writer)):
+        for _, writer in (
+            *idle,
+            (partial_reader, partial_writer),
+            (waiting_reader, waiting_writer),
+        ):
             writer.close()
     lines = [json.loads(x) for x in log_output.getvalue().splitlines()]
     closed = [x for x in lines if x["event"] == "tcp clients closed"]

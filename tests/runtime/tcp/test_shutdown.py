@@ -75,10 +75,12 @@ async def busy_client(port: int, started: asyncio.Event) -> tuple[int, str]:
 @pytest.mark.asyncio
 async def test_sigterm_answers_busy_clients_says_bye_to_all_and_exits_0(tmp_path: Path) -> None:
     loop_kind = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
-    env = {"SERVICE_LOOP__KIND": loop_kind,
-           "SERVICE_SHUTDOWN__GRACE_SECONDS": str(GRACE),
-           "SERVICE_PIPELINE__SINK_PATH": str(tmp_path / "events.jsonl"),
-           "SERVICE_LOG__LEVEL": "info"}
+    env = {
+        "SERVICE_LOOP__KIND": loop_kind,
+        "SERVICE_SHUTDOWN__GRACE_SECONDS": str(GRACE),
+        "SERVICE_PIPELINE__SINK_PATH": str(tmp_path / "events.jsonl"),
+        "SERVICE_LOG__LEVEL": "info",
+    }
     with running_service(env=env) as proc:
         port = proc.ports["tcp"]
         async with asyncio.timeout(30):

@@ -30,8 +30,9 @@ class CountingApp:
     arrives or is in progress during it is answered only when it ends.
     """
 
-    def __init__(self, delay: float = 0.0, status: Callable[[int], int] | None = None,
-                 close_every: int = 0) -> None:
+    def __init__(
+        self, delay: float = 0.0, status: Callable[[int], int] | None = None, close_every: int = 0
+    ) -> None:
         self.count = 0
         self.delay = delay
         self.status = status or (lambda n: 200)
@@ -59,8 +60,12 @@ class CountingApp:
         headers = {}
         if self.close_every and self.count % self.close_every == 0:
             headers["Connection"] = "close"
-        return web.Response(body=b'{"ok":true}', status=self.status(self.count),
-                            content_type="application/json", headers=headers)
+        return web.Response(
+            body=b'{"ok":true}',
+            status=self.status(self.count),
+            content_type="application/json",
+            headers=headers,
+        )
 
 
 @asynccontextmanager
@@ -105,7 +110,8 @@ class RawServer(asyncio.Protocol):
             transport = self.transport
             transport.write(b"PO" * data.count(b"\n"))
             asyncio.get_running_loop().call_later(
-                0.001, lambda: transport.is_closing() or transport.write(b"NG\n"))
+                0.001, lambda: transport.is_closing() or transport.write(b"NG\n")
+            )
         elif self.behaviour == "events":
             out = []
             for line in data.splitlines():
@@ -115,8 +121,7 @@ class RawServer(asyncio.Protocol):
 
 
 @asynccontextmanager
-async def serve_raw(behaviour: str,
-                    stats: dict[str, int] | None = None) -> AsyncIterator[int]:
+async def serve_raw(behaviour: str, stats: dict[str, int] | None = None) -> AsyncIterator[int]:
     """A :class:`RawServer` on a free port; ``stats["lines"]`` counts lines received."""
     loop = asyncio.get_running_loop()
     protocols: list[RawServer] = []
@@ -139,8 +144,15 @@ async def serve_raw(behaviour: str,
 
 
 def plan_for(port: int, **overrides: Any) -> Plan:
-    values: dict[str, Any] = {"kind": "http", "host": "127.0.0.1", "port": port, "path": "/",
-                              "scenario": "url", "concurrency": 4, "duration": 1.0}
+    values: dict[str, Any] = {
+        "kind": "http",
+        "host": "127.0.0.1",
+        "port": port,
+        "path": "/",
+        "scenario": "url",
+        "concurrency": 4,
+        "duration": 1.0,
+    }
     values.update(overrides)
     return Plan(**values)
 

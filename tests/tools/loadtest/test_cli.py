@@ -12,21 +12,40 @@ from service.cli import main
 from service.tools.loadtest.workers import Progress
 from tests.tools.loadtest.servers import CountingApp, app_in_thread
 
-JSON_KEYS = {"requests", "errors", "duration_seconds", "requests_per_second", "latency_ms",
-             "statuses"}
+JSON_KEYS = {
+    "requests",
+    "errors",
+    "duration_seconds",
+    "requests_per_second",
+    "latency_ms",
+    "statuses",
+}
 
 
 def loadtest(*argv: str) -> int:
     return main(["loadtest", *argv])
 
 
-def test_json_report_has_the_contract_fields(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_report_has_the_contract_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = CountingApp()
     out = tmp_path / "report.json"
     with app_in_thread(target) as port:
-        code = loadtest("http", f"http://127.0.0.1:{port}/v1/info", "-c", "4", "-d", "0.5",
-                        "--json", str(out), "--slo-p99-ms", "10000", "--slo-error-rate", "0")
+        code = loadtest(
+            "http",
+            f"http://127.0.0.1:{port}/v1/info",
+            "-c",
+            "4",
+            "-d",
+            "0.5",
+            "--json",
+            str(out),
+            "--slo-p99-ms",
+            "10000",
+            "--slo-error-rate",
+            "0",
+        )
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) >= JSON_KEYS
@@ -44,16 +63,27 @@ def test_json_report_has_the_contract_fields(tmp_path: Path,
 
 def test_broken_latency_slo_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     with app_in_thread(CountingApp(delay=0.01)) as port:
-        code = loadtest("http", f"http://127.0.0.1:{port}/", "-c", "2", "-n", "20",
-                        "--slo-p99-ms", "5")
+        code = loadtest(
+            "http", f"http://127.0.0.1:{port}/", "-c", "2", "-n", "20", "--slo-p99-ms", "5"
+        )
     assert code == 1
     assert "BROKEN: p99" in capsys.readouterr().out
 
 
 def test_broken_error_rate_slo_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     with app_in_thread(CountingApp(status=lambda n: 500 if n % 10 == 0 else 200)) as port:
-        code = loadtest("http", f"http://127.0.0.1:{port}/", "-c", "1", "-n", "100",
-                        "--slo-error-rate", "0.05", "--json", "-")
+        code = loadtest(
+            "http",
+            f"http://127.0.0.1:{port}/",
+            "-c",
+            "1",
+            "-n",
+            "100",
+            "--slo-error-rate",
+            "0.05",
+            "--json",
+            "-",
+        )
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     assert report["errors"] == 10
@@ -70,19 +100,23 @@ def test_no_answer_at_all_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert "no answers at all" in captured.err
 
 
-@pytest.mark.parametrize("argv", [
-    ["http", "https://127.0.0.1:1/"],
-    ["http", "http://127.0.0.1:1/", "--scenario", "tcp-ping"],
-    ["tcp", "127.0.0.1", "--scenario", "tcp-ping"],
-    ["tcp", "127.0.0.1:1", "--scenario", "info"],
-    ["http", "http://127.0.0.1:1/", "-c", "2", "-w", "3"],
-    ["http", "http://127.0.0.1:1/", "--rate", "0"],
-    ["http", "http://127.0.0.1:1/", "--mix", "info=1,nope=2"],
-    ["http", "http://127.0.0.1:1/", "-H", "no colon"],
-    ["http", "http://127.0.0.1:1/", "--slo-error-rate", "5"],
-])
-def test_bad_arguments_exit_2_with_one_line(argv: list[str],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["http", "https://127.0.0.1:1/"],
+        ["http", "http://127.0.0.1:1/", "--scenario", "tcp-ping"],
+        ["tcp", "127.0.0.1", "--scenario", "tcp-ping"],
+        ["tcp", "127.0.0.1:1", "--scenario", "info"],
+        ["http", "http://127.0.0.1:1/", "-c", "2", "-w", "3"],
+        ["http", "http://127.0.0.1:1/", "--rate", "0"],
+        ["http", "http://127.0.0.1:1/", "--mix", "info=1,nope=2"],
+        ["http", "http://127.0.0.1:1/", "-H", "no colon"],
+        ["http", "http://127.0.0.1:1/", "--slo-error-rate", "5"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert loadtest(*argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("service loadtest: ")
@@ -94,8 +128,18 @@ def test_workers_merge_histograms_and_counts(tmp_path: Path) -> None:
     target = CountingApp()
     out = tmp_path / "report.json"
     with app_in_thread(target) as port:
-        code = loadtest("http", f"http://127.0.0.1:{port}/", "-c", "4", "-w", "2",
-                        "-n", "400", "--json", str(out))
+        code = loadtest(
+            "http",
+            f"http://127.0.0.1:{port}/",
+            "-c",
+            "4",
+            "-w",
+            "2",
+            "-n",
+            "400",
+            "--json",
+            str(out),
+        )
     report = json.loads(out.read_text())
     assert code == 0
     assert report["workers"] == 2

@@ -34,8 +34,7 @@ async def test_duration_run_counts_exactly_what_the_server_counted() -> None:
 async def test_requests_run_sends_exactly_n(rate: float | None) -> None:
     target = CountingApp()
     async with serve_app(target.app) as port:
-        report = await drive(plan_for(port, concurrency=8, duration=None, requests=250,
-                                      rate=rate))
+        report = await drive(plan_for(port, concurrency=8, duration=None, requests=250, rate=rate))
     assert report.requests == target.count == 250
 
 
@@ -53,8 +52,9 @@ async def test_warmup_requests_are_sent_but_not_counted() -> None:
 async def test_requests_after_warmup_are_exactly_n(rate: float | None) -> None:
     target = CountingApp()
     async with serve_app(target.app) as port:
-        report = await drive(plan_for(port, concurrency=4, duration=None, requests=100,
-                                      warmup=0.3, rate=rate))
+        report = await drive(
+            plan_for(port, concurrency=4, duration=None, requests=100, warmup=0.3, rate=rate)
+        )
     assert report.requests == 100
     assert target.count > 100  # the warmup's requests reached the server too
 
@@ -140,9 +140,14 @@ async def test_refused_connections_use_up_a_requests_budget() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("behaviour", "kind"), [
-    ("garbage", "bad_response"), ("reset", "reset"), ("close", "closed"),
-])
+@pytest.mark.parametrize(
+    ("behaviour", "kind"),
+    [
+        ("garbage", "bad_response"),
+        ("reset", "reset"),
+        ("close", "closed"),
+    ],
+)
 async def test_misbehaving_targets_are_errors_by_kind(behaviour: str, kind: str) -> None:
     async with serve_raw(behaviour) as port:
         report = await drive(plan_for(port, concurrency=2, duration=0.5))
@@ -175,8 +180,7 @@ async def test_never_hangs_past_duration_plus_grace() -> None:
 @pytest.mark.asyncio
 async def test_open_loop_counts_requests_it_could_not_send() -> None:
     async with serve_raw("silent") as port:
-        report = await drive(plan_for(port, concurrency=1, rate=100.0, duration=0.5,
-                                      timeout=0.8))
+        report = await drive(plan_for(port, concurrency=1, rate=100.0, duration=0.5, timeout=0.8))
     assert report.error_kinds["timeout"] == 1
     assert 40 <= report.error_kinds["unsent"] <= 51
 
@@ -186,8 +190,9 @@ async def test_open_loop_counts_requests_it_could_not_send() -> None:
 async def test_tcp_ping_counts_match_the_server(behaviour: str) -> None:
     stats: dict[str, int] = {}
     async with serve_raw(behaviour, stats) as port:
-        report = await drive(plan_for(port, kind="tcp", path="", scenario="tcp-ping",
-                                      concurrency=4, duration=0.5))
+        report = await drive(
+            plan_for(port, kind="tcp", path="", scenario="tcp-ping", concurrency=4, duration=0.5)
+        )
     assert report.requests > 50
     assert report.requests == stats["lines"]
     assert report.statuses == {"PONG": report.requests}
@@ -210,14 +215,26 @@ async def test_progress_counts_the_answers_the_inlined_pong_path_took() -> None:
 def test_only_an_unbounded_tcp_ping_loop_takes_the_inlined_pong_path() -> None:
     ping = plan_for(1, kind="tcp", path="", scenario="tcp-ping")
     assert Driver(ping, build(ping)).protocol is PingConnection
-    for other in (replace(ping, requests=10), replace(ping, rate=100.0),
-                  replace(ping, scenario="tcp-events")):
+    for other in (
+        replace(ping, requests=10),
+        replace(ping, rate=100.0),
+        replace(ping, scenario="tcp-events"),
+    ):
         assert Driver(other, build(other)).protocol is LineConnection
 
 
 @pytest.mark.asyncio
 async def test_tcp_events_send_json_lines_and_read_ok() -> None:
     async with serve_raw("events") as port:
-        report = await drive(plan_for(port, kind="tcp", path="", scenario="tcp-events",
-                                      concurrency=2, duration=None, requests=50))
+        report = await drive(
+            plan_for(
+                port,
+                kind="tcp",
+                path="",
+                scenario="tcp-events",
+                concurrency=2,
+                duration=None,
+                requests=50,
+            )
+        )
     assert report.statuses == {"OK": 50}

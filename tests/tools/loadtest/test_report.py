@@ -14,8 +14,12 @@ HTTP = Plan(kind="http", host="h", port=1, path="/", scenario="url", concurrency
 TCP = Plan(kind="tcp", host="h", port=1, path="", scenario="tcp-ping", concurrency=2)
 
 
-def measured(latencies_us: list[int], statuses: dict[int | str, int],
-             errors: dict[str, int] | None = None, duration: float = 1.0) -> Measured:
+def measured(
+    latencies_us: list[int],
+    statuses: dict[int | str, int],
+    errors: dict[str, int] | None = None,
+    duration: float = 1.0,
+) -> Measured:
     m = Measured(statuses=statuses, errors=errors or {}, duration=duration)
     for us in latencies_us:
         m.latencies_us[us] = m.latencies_us.get(us, 0) + 1
@@ -27,25 +31,26 @@ def test_merged_percentiles_are_those_of_all_requests() -> None:
     rng = random.Random(3)
     fast = [rng.randint(900, 1100) for _ in range(9900)]
     slow = [rng.randint(99_000, 101_000) for _ in range(100)] + [1000] * 9800
-    parts = [to_wire(measured(fast, {200: len(fast)})),
-             to_wire(measured(slow, {200: len(slow)}))]
+    parts = [to_wire(measured(fast, {200: len(fast)})), to_wire(measured(slow, {200: len(slow)}))]
     report = Report.merge(HTTP, parts)
     everything = sorted(fast + slow)
     lat = report.latency_ms()
     assert report.requests == len(everything)
     assert lat["p50"] == pytest.approx(everything[len(everything) // 2] / 1000, rel=0.01)
     assert lat["p99"] == pytest.approx(everything[int(len(everything) * 0.99)] / 1000, rel=0.01)
-    assert lat["p999"] == pytest.approx(everything[int(len(everything) * 0.999)] / 1000,
-                                        rel=0.01)
+    assert lat["p999"] == pytest.approx(everything[int(len(everything) * 0.999)] / 1000, rel=0.01)
     assert lat["max"] == pytest.approx(max(everything) / 1000, rel=0.001)
     assert report.requests_per_second == pytest.approx(len(everything))
 
 
 def test_error_kinds_join_transport_errors_and_bad_statuses() -> None:
-    report = Report.merge(HTTP, [
-        to_wire(measured([1000] * 10, {200: 7, 404: 2, 503: 1}, {"reset": 2})),
-        to_wire(measured([], {}, {"refused": 3, "reset": 1})),
-    ])
+    report = Report.merge(
+        HTTP,
+        [
+            to_wire(measured([1000] * 10, {200: 7, 404: 2, 503: 1}, {"reset": 2})),
+            to_wire(measured([], {}, {"refused": 3, "reset": 1})),
+        ],
+    )
     assert report.statuses == {"200": 7, "404": 2, "503": 1}
     assert report.error_kinds == {"http_4xx": 2, "http_5xx": 1, "refused": 3, "reset": 3}
     assert report.errors == 9
@@ -84,8 +89,11 @@ def wrk_stats_correct(values: list[int], interval: int) -> list[int]:
 
 def test_wrk_correction_matches_wrks_own_loop() -> None:
     rng = random.Random(7)
-    values = ([rng.randint(100, 2000) for _ in range(5000)]
-              + [rng.randint(3000, 40_000) for _ in range(80)] + [900_000])
+    values = (
+        [rng.randint(100, 2000) for _ in range(5000)]
+        + [rng.randint(3000, 40_000) for _ in range(80)]
+        + [900_000]
+    )
     hist = new_histogram()
     for v in values:
         hist.record_value(v)

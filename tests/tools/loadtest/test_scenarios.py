@@ -47,8 +47,16 @@ class Parsed:
 
 
 def http_plan(scenario: str, **kw: Any) -> Plan:
-    return Plan(kind="http", host="127.0.0.1", port=8080, path="/", scenario=scenario,
-                concurrency=1, seed=7, **kw)
+    return Plan(
+        kind="http",
+        host="127.0.0.1",
+        port=8080,
+        path="/",
+        scenario=scenario,
+        concurrency=1,
+        seed=7,
+        **kw,
+    )
 
 
 def sample(plan: Plan, n: int = 500) -> list[Parsed]:
@@ -56,11 +64,16 @@ def sample(plan: Plan, n: int = 500) -> list[Parsed]:
     return [Parsed(source()) for _ in range(n)]
 
 
-@pytest.mark.parametrize(("scenario", "method", "path"), [
-    ("info", b"GET", b"/v1/info"), ("url", b"GET", b"/"),
-])
-def test_simple_requests_are_complete_keep_alive_requests(scenario: str, method: bytes,
-                                                          path: bytes) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "method", "path"),
+    [
+        ("info", b"GET", b"/v1/info"),
+        ("url", b"GET", b"/"),
+    ],
+)
+def test_simple_requests_are_complete_keep_alive_requests(
+    scenario: str, method: bytes, path: bytes
+) -> None:
     (req,) = sample(http_plan(scenario), 1)
     assert (req.method, req.url, req.complete, req.keep_alive) == (method, path, True, True)
     assert req.headers[b"host"] == b"127.0.0.1:8080"
@@ -68,8 +81,15 @@ def test_simple_requests_are_complete_keep_alive_requests(scenario: str, method:
 
 def test_url_scenario_keeps_path_and_query_and_headers() -> None:
     host, port, path = parse_http_target("http://localhost:9000/a/b?x=1")
-    plan = Plan(kind="http", host=host, port=port, path=path, scenario="url", concurrency=1,
-                headers=(("X-Request-ID", "abc"),))
+    plan = Plan(
+        kind="http",
+        host=host,
+        port=port,
+        path=path,
+        scenario="url",
+        concurrency=1,
+        headers=(("X-Request-ID", "abc"),),
+    )
     (req,) = sample(plan, 1)
     assert req.url == b"/a/b?x=1"
     assert req.headers[b"x-request-id"] == b"abc"
@@ -114,8 +134,9 @@ def test_base_url_prefix_is_kept_for_scenarios() -> None:
 def test_tcp_scenarios_are_lines() -> None:
     tcp = Plan(kind="tcp", host="h", port=1, path="", scenario="tcp-ping", concurrency=1)
     assert build(tcp)() == b"PING\n"
-    events = build(Plan(kind="tcp", host="h", port=1, path="", scenario="tcp-events",
-                        concurrency=1))
+    events = build(
+        Plan(kind="tcp", host="h", port=1, path="", scenario="tcp-events", concurrency=1)
+    )
     line = events()
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
@@ -123,8 +144,18 @@ def test_tcp_scenarios_are_lines() -> None:
 
 
 def test_split_shares_connections_rate_and_requests() -> None:
-    plan = Plan(kind="http", host="h", port=1, path="/", scenario="info", concurrency=8,
-                rate=900.0, requests=10, workers=3, seed=1)
+    plan = Plan(
+        kind="http",
+        host="h",
+        port=1,
+        path="/",
+        scenario="info",
+        concurrency=8,
+        rate=900.0,
+        requests=10,
+        workers=3,
+        seed=1,
+    )
     parts = plan.split()
     assert [p.concurrency for p in parts] == [3, 3, 2]
     assert [p.requests for p in parts] == [4, 3, 3]

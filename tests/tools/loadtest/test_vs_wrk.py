@@ -37,8 +37,18 @@ UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 @contextmanager
 def target(delay_ms: int, slow_every: int = 0, slow_ms: int = 0) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.tools.loadtest.target_app", str(port),
-                             str(delay_ms), str(slow_every), str(slow_ms)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.tools.loadtest.target_app",
+            str(port),
+            str(delay_ms),
+            str(slow_every),
+            str(slow_ms),
+        ],
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(100):
@@ -56,24 +66,48 @@ def target(delay_ms: int, slow_every: int = 0, slow_ms: int = 0) -> Iterator[str
 
 
 def parse_wrk(out: str) -> tuple[dict[str, float], float]:
-    pcts = {f"p{m[1]}": float(m[2]) * UNITS[m[3]]
-            for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    pcts = {
+        f"p{m[1]}": float(m[2]) * UNITS[m[3]]
+        for m in re.finditer(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    }
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rps is not None, out
     assert len(pcts) == 3, out
     return pcts, float(rps[1])
 
 
-def side_by_side(url: str, connections: int, seconds: int) -> tuple[dict[str, Any],
-                                                                    dict[str, float], float]:
+def side_by_side(
+    url: str, connections: int, seconds: int
+) -> tuple[dict[str, Any], dict[str, float], float]:
     """Our report and wrk's percentiles and rate, both run at once against ``url``."""
     wrk = require_tool("wrk")
-    ours_proc = subprocess.Popen([sys.executable, "-m", "service", "loadtest", "http", url,
-                                  "-c", str(connections), "-d", str(seconds), "--json", "-"],
-                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    ours_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "loadtest",
+            "http",
+            url,
+            "-c",
+            str(connections),
+            "-d",
+            str(seconds),
+            "--json",
+            "-",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     time.sleep(0.3)  # about what the Python client takes to start
-    wrk_out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds}", "--latency", url],
-                             check=True, capture_output=True, text=True, timeout=30).stdout
+    wrk_out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}", "--latency", url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     ours, _ = ours_proc.communicate(timeout=30)
     assert ours_proc.returncode == 0
     report = json.loads(ours)

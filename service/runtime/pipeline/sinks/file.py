@@ -172,6 +172,11 @@ def set_aside_torn_tail(path: Path) -> int:
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(path.parent)
-    log.warning("sink had a torn last line: set aside", path=str(path), bytes=len(torn),
-                kept_bytes=keep, side_file=str(side))
+    log.warning(
+        "sink had a torn last line: set aside",
+        path=str(path),
+        bytes=len(torn),
+        kept_bytes=keep,
+        side_file=str(side),
+    )
     return len(torn)

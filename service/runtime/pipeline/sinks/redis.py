@@ -115,9 +115,15 @@ class RedisSink:
 
     backend = "redis"
 
-    def __init__(self, url: str, stream: str, maxlen: int = 0, *,
-                 write_timeout: float = WRITE_TIMEOUT,
-                 probe_interval: float = PROBE_INTERVAL) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        maxlen: int = 0,
+        *,
+        write_timeout: float = WRITE_TIMEOUT,
+        probe_interval: float = PROBE_INTERVAL,
+    ) -> None:
         self.url = url
         self.stream = stream
         self.maxlen = maxlen
@@ -144,8 +150,10 @@ class RedisSink:
         # No socket_timeout: asyncio.timeout bounds each call instead (see the
         # module docstring: redis-py's would delay every send by a loop iteration).
         client = aioredis.Redis.from_url(
-            self.url, socket_timeout=None,
-            socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 1),
+            self.url,
+            socket_timeout=None,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
             client_name=f"service-sink-{self.writer}",
         )
         self._client = client
@@ -184,8 +192,11 @@ class RedisSink:
         self._write_ok = True
         if stored == -1:
             self.replayed += 1
-            log.info("redis sink: a retried batch had already been stored",
-                     batch=self._seq, events=len(lines))
+            log.info(
+                "redis sink: a retried batch had already been stored",
+                batch=self._seq,
+                events=len(lines),
+            )
 
     async def flush(self) -> None:
         """Nothing to do: Redis's ``appendfsync`` decides when a reply means on disk."""

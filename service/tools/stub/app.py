@@ -27,28 +27,21 @@ service's domain.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import random
-import signal
 import socket
 import struct
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from service.runtime.downstream.deadline import DEADLINE_HEADER
-from service.runtime.loop import run_loop
 from service.runtime.requestid import REQUEST_ID_HEADER
-from service.runtime.settings import NAME, DownstreamSettings
+from service.runtime.settings import NAME
 
 USERS = 1000
 DATASETS = ("users", "orders")
@@ -109,7 +102,8 @@ class Stats:
     by_method: dict[str, int] = field(default_factory=dict)
     # The last request ids seen, so tests can check that the caller forwards them.
     request_ids: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=100))
+        default_factory=lambda: collections.deque(maxlen=100)
+    )
 
     def reset(self) -> None:
         in_flight = self.in_flight  # still running; they will decrement it
@@ -168,8 +162,11 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
     deadline = request.headers.get(DEADLINE_HEADER)
     # Give up a little before the caller does, so the 504 arrives while it still
     # listens and the connection stays reusable (instead of being torn down).
-    budget = (max(0.0, int(deadline) / 1000 - DEADLINE_MARGIN)
-              if deadline and deadline.isdigit() else None)
+    budget = (
+        max(0.0, int(deadline) / 1000 - DEADLINE_MARGIN)
+        if deadline and deadline.isdigit()
+        else None
+    )
 
     stats.in_flight += 1
     try:
@@ -264,15 +261,15 @@ def create_app(name: str, knobs: Knobs | None = None, seed: int | None = None) -
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application, host: str = "127.0.0.1",
-                  port: int = 0) -> AsyncIterator[int]:
+async def serving(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[int]:
     """Serve ``app`` on a real socket inside the current loop; yields the bound port.
 
     ``handler_cancellation=True`` makes aiohttp cancel a handler whose client
     went away, which is what lets the stub count cancelled requests.
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           handler_cancellation=True)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -280,59 +277,3 @@ async def serving(app: web.Application, host: str = "127.0.0.1",
         yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
-
-
-# -- the command ---------------------------------------------------------------
-def _emit(event: str, **fields: Any) -> None:
-    """One JSON log line (the service's format, without importing its logging)."""
-    line = {"event": event, "logger": "stub", "level": "info",
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
-
-
-def loopback_targets(downstream: DownstreamSettings) -> dict[str, int]:
-    """The configured downstreams a local stub can stand in for: name -> port (on loopback)."""
-    targets = {}
-    for name, entry in downstream.services.items():
-        url = urlsplit(entry.url)
-        if url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost") and url.port:
-            targets[name] = url.port
-    return targets
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True,
-                        help="the downstream's name: users and orders have a dataset")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--latency-jitter-ms", type=float, default=0.0,
-                        help="random extra latency, uniform in [0, this]")
-    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 503")
-    parser.add_argument("--reset-rate", type=float, default=0.0,
-                        help="fraction of connections aborted with a TCP RST")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-
-
-async def _main(args: argparse.Namespace) -> int:
-    knobs = Knobs(args.latency_ms, args.latency_jitter_ms, args.error_rate, args.reset_rate)
-    app = create_app(args.name, knobs, args.seed)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serving(app, args.host, args.port) as port:
-        _emit("listening", http_port=port, name=args.name, **asdict(knobs))
-        await stop.wait()
-    _emit("stopped", name=args.name, **app[STATS].as_json())
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        return run_loop(_main(args), args.loop)
-    except OSError as exc:
-        print(f"service stub: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
