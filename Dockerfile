@@ -44,7 +44,7 @@ USER 10001:10001
 # only the first two; Prometheus reaches the admin port on the private network.
 EXPOSE 8080 8888 8081
 # Exec form: the Python process is PID 1's direct command and receives SIGTERM,
-# which starts the graceful shutdown of SPEC.md (a shell would swallow it).
+# which starts the graceful shutdown (docs/contract.md) (a shell would swallow it).
 # `python -m service` is the same as the `service` console script;
 # PYTHONSAFEPATH keeps the working directory off sys.path.
 STOPSIGNAL SIGTERM

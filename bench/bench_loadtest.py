@@ -2,7 +2,7 @@
 
 HTTP: a bare aiohttp app (one JSON route, uvloop, no access log) pinned to
 core 0, driven by wrk (``-t1 -c64``) and ``service loadtest http -c 64``
-(one worker) on core 1. The req/s check (target 0.9, ISSUE 7: a plain
+(one worker) on core 1. The req/s check (target 0.9: a plain
 ``ClientSession`` loop reached ~0.7) is *interleaved*, as for TCP below:
 both clients run at once, taking turns of SLICE seconds while the other is
 SIGSTOPped, and each turn's answers are read off ``/proc/PID/io`` (all of the

@@ -17,7 +17,7 @@ admin port), not only what was acknowledged; the ack latency percentiles are
 the client's (per request for HTTP, per window for TCP). The baseline is the
 TCP ``PING`` round-trip rate of the same service process in the same run
 (bench_tcp's client), so the cost of the pipeline itself is visible.
-Target: at least 50,000 events/s (issue 4). After the runs the service gets
+Target: at least 50,000 events/s. After the runs the service gets
 SIGTERM and its summary line must show nothing dropped.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only pipeline"``.

@@ -10,7 +10,7 @@ hits both alike; only the driven one uses CPU. The load is bench_pipeline's
 client (HTTP: 8 connections posting batches of 100 events; TCP: 16
 connections sending windows of 64 event lines), and the rate counted is what
 reached the sink (``pipeline_events_total{stage="sink",outcome="delivered"}``).
-Target: the Redis sink at least 0.7 of the file sink's rate (issue 11).
+Target: the Redis sink at least 0.7 of the file sink's rate.
 After the runs both services get SIGTERM; the summary must show nothing
 dropped, and the stream must hold exactly what the Redis service delivered.
 

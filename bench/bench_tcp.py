@@ -8,7 +8,7 @@ on uvloop ``Protocol``s, each sending ``PING`` and waiting for the answer
 before the next (round trips, not pipelining). Servers are pinned to core 0,
 the client to core 1, and the runs alternate (bare, service, ...) so a noisy
 neighbour hits both sides alike; the row reports the ratio of the medians.
-Target: 0.85 (issue 3).
+Target: 0.85.
 
 Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only tcp"``.
 """

@@ -7,7 +7,7 @@ same environment and any arguments given here (e.g. ``--config FILE``).
 
 The children run in their own process group, so a Ctrl-C in the terminal
 reaches the service exactly once, forwarded from here: the first signal runs
-the graceful shutdown, a second one exits at once (SPEC.md). When the service
+the graceful shutdown, a second one exits at once (docs/contract.md). When the service
 has exited the stubs are stopped, and this script exits with the service's
 exit code. A stub that cannot start (not implemented, port taken) is reported
 and skipped: the service still runs, and its downstream calls fail as they

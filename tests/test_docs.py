@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 PACKAGE = Path(cli.__file__).parent.name  # "service", or the name `make rename` gave it
 
-# Issue 10's list of practices; each must have a row in the map.
+# The practices this template teaches; each must have a row in the map.
 PRACTICES = (
     "uvloop",
     "client-handling core",

@@ -1,4 +1,4 @@
-"""Security checks of SPEC.md, against a real service process.
+"""Security checks of the contract (docs/contract.md), against a real service process.
 
 - ``/metrics`` and ``/debug/*`` exist only on the admin listener, never on the public port;
 - the admin listener binds to loopback unless told otherwise;

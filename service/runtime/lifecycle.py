@@ -110,7 +110,7 @@ class Service:
 
     # -- stop ---------------------------------------------------------------
     async def shutdown(self) -> int:
-        """The shutdown steps of SPEC.md; returns the exit code."""
+        """The numbered shutdown steps (docs/contract.md); returns the exit code."""
         s = self.settings.shutdown
         loop = asyncio.get_running_loop()
         began = loop.time()

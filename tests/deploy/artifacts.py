@@ -30,6 +30,8 @@ PROMETHEUS_DIR = ROOT / "config" / "prometheus"
 GRAFANA_DIR = ROOT / "config" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "overview.json"
 K8S_DIR = ROOT / "deploy" / "k8s"
+# The Compose Specification's schema, copied into the repo (its README says from where).
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 # Time for the process itself around the shutdown steps (interpreter exit, log flush).
 SHUTDOWN_MARGIN = 5.0
 # The package and console script name: also the compose service and Prometheus job
@@ -190,10 +192,6 @@ def k8s_documents() -> list[dict[str, Any]]:
 def k8s_kind(kind: str) -> dict[str, Any]:
     [doc] = [d for d in k8s_documents() if d["kind"] == kind]
     return doc
-
-
-def schemas_dir() -> Path:
-    return Path(os.environ.get("CI_SCHEMAS_DIR", ROOT.parent / "shared" / "schemas"))
 
 
 def http_post_json(url: str, body: Any) -> tuple[int, Any]:

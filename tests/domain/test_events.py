@@ -267,7 +267,7 @@ def tcp_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
 
 
 def _expected_answer(line: bytes) -> bytes:
-    """The start of the answer SPEC.md promises for one line (without its "\\n")."""
+    """The start of the answer the contract promises for one line (without its "\\n")."""
     if line.endswith(b"\r"):
         line = line[:-1]
     if b"\r" in line:

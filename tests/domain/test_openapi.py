@@ -41,7 +41,7 @@ def _ndjson(ctx: Any, value: Any) -> bytes:
     return b"\n".join(json.dumps(item).encode() for item in items) + b"\n"
 
 
-# Invalid input may also be refused as 413: SPEC.md answers "too many events" so.
+# Invalid input may also be refused as 413: the contract answers "too many events" so.
 CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
     {
         "checks": {

@@ -15,7 +15,7 @@ from service.runtime.metrics import Histogram, Metrics
 from tests.support.process import http_get, parse_metrics, require_tool, running_service
 from tests.support.settings import make_settings
 
-# The SPEC.md metrics this part (the spine) owns, with their types.
+# The contract's metrics (docs/contract.md) that the runtime owns, with their types.
 SPINE_METRICS = {
     "service_http_requests_total": "counter",
     "service_http_request_duration_seconds": "histogram",

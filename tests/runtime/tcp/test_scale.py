@@ -1,7 +1,7 @@
 """10,000 idle TCP connections held by a real service process, on both loops.
 
 The service's RSS growth per connection is measured and must stay under
-4 KiB (the target of issue 3); ``service_tcp_connections_active`` must read
+4 KiB; ``service_tcp_connections_active`` must read
 10,000. The clients live in this process and the service in another: each
 side holds 10,000 sockets, under the open-file limit of 20,000 per process.
 """

@@ -1,4 +1,4 @@
-"""The TCP line protocol of SPEC.md over real loopback sockets, on both loops.
+"""The TCP line protocol (docs/contract.md) over real loopback sockets, on both loops.
 
 Each test starts a ``TcpServer`` in the test's loop with a fake intake that
 can be made full or closed, and talks to it with asyncio streams.
@@ -113,7 +113,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-# -- the rows of SPEC.md's table ------------------------------------------------
+# -- the rows of the protocol's table ------------------------------------------------
 
 
 @pytest.mark.asyncio
