@@ -63,6 +63,9 @@ def substitutions(new: str, python: bool) -> Subs:
     ``service.<name>`` is a module path.
     """
     upper = new.upper()
+    # Kubernetes object names, compose services and host names, and the
+    # Prometheus job are DNS-1123 labels: no underscores ("orders-api").
+    dns = new.replace("_", "-")
     words = r"(serve|stub|loadtest|--version|--help)"
     modules: Subs = (
         [
@@ -98,9 +101,9 @@ def substitutions(new: str, python: bool) -> Subs:
         # Metric prefix and identifiers: service_http_requests_total, service_env
         # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
-        (re.compile(r'job="service"'), f'job="{new}"'),
-        (re.compile(r"\bjob: service\b"), f"job: {new}"),
-        (re.compile(r"(job_name: )[\"']?service\b[\"']?"), rf"\1{new}"),
+        (re.compile(r'job="service"'), f'job="{dns}"'),
+        (re.compile(r"\bjob: service\b"), f"job: {dns}"),
+        (re.compile(r"(job_name: )[\"']?service\b[\"']?"), rf"\1{dns}"),
         # The namespace default.
         (re.compile(r'namespace: (.*)= "service"'), rf'namespace: \1= "{new}"'),
         (re.compile(r'^namespace = "service"', re.M), f'namespace = "{new}"'),
@@ -112,16 +115,17 @@ def substitutions(new: str, python: bool) -> Subs:
         (re.compile(r'/ "service" /'), f'/ "{new}" /'),
         (re.compile(r'startswith\("service"\)'), f'startswith("{new}")'),
         (re.compile(r"``service``"), f"``{new}``"),
-        (re.compile(r"\bservice-(loadtest|overview)\b"), rf"{new}-\1"),
+        (re.compile(r"\bservice-(loadtest|overview)\b"), rf"{dns}-\1"),
         (re.compile(r'("tags": \[\s*)"service"'), rf'\1"{new}"'),
         # Compose: the service's own entry and its host name on the compose network.
-        (re.compile(r"^  service:$", re.M), f"  {new}:"),
-        (re.compile(r"\bservice:(8080|8081|8888)\b"), rf"{new}:\1"),
-        (re.compile(r"^(\s+)service:\n(\s+condition:)", re.M), rf"\1{new}:\n\2"),
-        (re.compile(r"(app(?:\.kubernetes\.io/name)?: )service\b"), rf"\1{new}"),
-        (re.compile(r"(name: )service\b"), rf"\1{new}"),
-        (re.compile(r"(image: )service\b"), rf"\1{new}"),
-        (re.compile(r"\bservice:(ci|latest|dev|local)\b"), rf"{new}:\1"),
+        (re.compile(r"^  service:$", re.M), f"  {dns}:"),
+        (re.compile(r"\bservice:(8080|8081|8888)\b"), rf"{dns}:\1"),
+        (re.compile(r"^(\s+)service:\n(\s+condition:)", re.M), rf"\1{dns}:\n\2"),
+        (re.compile(r"(app(?:\.kubernetes\.io/name)?: )service\b"), rf"\1{dns}"),
+        (re.compile(r"(name: )service\b"), rf"\1{dns}"),
+        (re.compile(r"(image: )service\b"), rf"\1{dns}"),
+        (re.compile(r"\bservice:(ci|latest|dev|local|0\.1\.0)\b"), rf"{dns}:\1"),
+        (re.compile(r"(http://|docker build -t )service\b"), rf"\1{dns}"),
         # Longer names make longer lines: widen the limit by what the name adds.
         (
             re.compile(r"^line-length = (\d+)", re.M),

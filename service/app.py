@@ -24,6 +24,7 @@ from service.runtime.appkit import api_app, downstreams, pipeline, tcp_server
 from service.runtime.http import openapi
 from service.runtime.keys import METRICS, PIPELINE, SETTINGS
 from service.runtime.metrics import Metrics
+from service.runtime.pipeline import Stage
 from service.runtime.state import ServiceState
 from service.settings import Settings
 
@@ -40,17 +41,25 @@ def create_app(
         name=settings.metrics.namespace,
         version=__version__,
     )
+    # Resources: started in this order, closed in reverse.
     app.cleanup_ctx.append(downstreams(CLIENTS))
-    app.cleanup_ctx.append(
-        pipeline(lambda app: [EnrichStage(users(app), app[METRICS])], encode_record)
-    )
-    app.cleanup_ctx.append(
-        tcp_server(  # last: it feeds the pipeline
-            lambda app: EventLines(app[PIPELINE], app[SETTINGS].tcp.overload_timeout)
-        )
-    )
+    app.cleanup_ctx.append(pipeline(stages, encode_record))
+    app.cleanup_ctx.append(tcp_server(line_handler))  # last: it feeds the pipeline
+    # Routes: one line each.
     events.setup(app, settings.events)
     hash.setup(app, settings.hash)
     summary.setup(app)
     openapi.setup(app, OPENAPI)
     return app
+
+
+def stages(app: web.Application) -> list[Stage]:
+    """The pipeline's stages, in order: one line each."""
+    return [
+        EnrichStage(users(app), app[METRICS]),
+    ]
+
+
+def line_handler(app: web.Application) -> EventLines:
+    """What answers each TCP line: the demo's JSON events."""
+    return EventLines(app[PIPELINE], app[SETTINGS].tcp.overload_timeout)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import grimp
 
+from service import cli
 from tests.support.process import ROOT
 
-PACKAGE = ROOT / "service"
+PACKAGE = Path(cli.__file__).parent  # "service", or the name `make rename` gave it
 MAX_LINES = 350
 COMPAT = PACKAGE / "runtime" / "http" / "compat.py"
 # Underscored names of the standard library that are public API.

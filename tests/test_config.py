@@ -36,6 +36,10 @@ def _defaults() -> dict[str, dict[str, Any]]:
         name: entry.model_dump(mode="json", exclude_unset=True)
         for name, entry in settings.downstream.services.items()
     }
+    # A table with no entries has nothing to list.
+    for section, table in (("pipeline", "stages"), ("downstream", "services")):
+        if not data[section][table]:
+            del data[section][table]
     return data
 
 

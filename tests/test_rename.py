@@ -79,7 +79,7 @@ def test_the_package_and_every_code_reference_are_renamed(renamed: Path) -> None
     pyproject = (renamed / "pyproject.toml").read_text()
     assert f'{NAME} = "{NAME}.cli:main"' in pyproject
     compose = (renamed / "docker-compose.yml").read_text()
-    assert f"\n  {NAME}:\n" in compose
+    assert f"\n  {NAME.replace('_', '-')}:\n" in compose
     assert "condition: service_healthy" in compose  # a keyword of the format, not our name
 
 
@@ -116,3 +116,26 @@ def test_the_renamed_service_serves_with_its_own_prefixes(renamed: Path) -> None
         assert f"{NAME}_http_requests_total" in text
         assert "\nservice_" not in text
         assert proc.stop() == 0
+
+
+def test_the_renamed_manifests_and_compose_file_are_valid(renamed: Path) -> None:
+    """Kubernetes and compose names take the DNS form; both files still validate."""
+    assert "name: orders-api\n" in (renamed / "deploy" / "k8s" / "deployment.yaml").read_text()
+    compose = (renamed / "docker-compose.yml").read_text()
+    assert "\n  orders-api:\n" in compose
+    assert "http://orders-api:8080" in compose
+    checks = subprocess.run(
+        [
+            BIN / "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/deploy/test_k8s.py",
+            "tests/deploy/test_compose.py",
+        ],
+        cwd=renamed,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(renamed)},
+    )
+    assert checks.returncode == 0, checks.stdout[-3000:]

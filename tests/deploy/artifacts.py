@@ -37,6 +37,10 @@ SHUTDOWN_MARGIN = 5.0
 # The package and console script name: also the compose service and Prometheus job
 # (derived, so that the checks follow `make rename`).
 APP = build_parser().prog
+# Compose services and host names, Kubernetes objects and the Prometheus job
+# are DNS-1123 labels: the package's name with dashes for underscores.
+DNS_NAME = APP.replace("_", "-")
+DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 # -- parsing helpers -------------------------------------------------------------

@@ -17,6 +17,7 @@ from service.cli import build_parser
 from service.runtime.settings import HttpSettings
 from tests.deploy.artifacts import (
     APP,
+    DNS_NAME,
     PROMETHEUS_DIR,
     SCHEMAS_DIR,
     SHUTDOWN_MARGIN,
@@ -38,14 +39,14 @@ def test_compose_file_matches_the_compose_specification() -> None:
     ]
     assert errors == []
     # The schema is strict enough to catch a typo.
-    doc["services"][APP]["stop_grace_perod"] = "35s"
+    doc["services"][DNS_NAME]["stop_grace_perod"] = "35s"
     assert not validator.is_valid(doc)
 
 
 def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
     doc = compose()
     services = doc["services"]
-    assert {APP, "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
+    assert {DNS_NAME, "users", "orders", "prometheus", "grafana", "loadtest"} <= set(services)
     for name, svc in services.items():
         assert svc.get("read_only") is True, name
         assert svc.get("cap_drop") == ["ALL"], name
@@ -56,15 +57,15 @@ def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.M
         for dep, cond in svc.get("depends_on", {}).items():
             assert cond == {"condition": "service_healthy"}, (name, dep)
             # The dependency must have a healthcheck (the service's is the image's).
-            assert dep == APP or "test" in services[dep]["healthcheck"], dep
+            assert dep == DNS_NAME or "test" in services[dep]["healthcheck"], dep
     # Only the public API is published; Prometheus reaches the admin port inside.
     admin_port = str(settings_with_env(monkeypatch, dockerfile_env(final_stage())).admin.port)
     for svc in services.values():
         assert not any(str(p).split(":")[-1] == admin_port for p in svc.get("ports", []))
     prom = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     [job] = prom["scrape_configs"]
-    assert job["job_name"] == APP
-    assert job["static_configs"][0]["targets"] == [f"{APP}:{admin_port}"]
+    assert job["job_name"] == DNS_NAME
+    assert job["static_configs"][0]["targets"] == [f"{DNS_NAME}:{admin_port}"]
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
@@ -73,7 +74,7 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     """The stub and load-test commands are real ``service`` arguments (image ENTRYPOINT)."""
     services = compose()["services"]
     parser = build_parser()
-    env = services[APP]["environment"]
+    env = services[DNS_NAME]["environment"]
     downstreams = {
         key.split("__")[2].lower()
         for key in env
@@ -92,13 +93,13 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
     assert args.command == "loadtest"
     assert args.scenario == "mixed", "drive the demo endpoints, not GET /"
     url = urllib.parse.urlsplit(args.address)
-    assert (url.hostname, url.port) == (APP, HttpSettings().port)
+    assert (url.hostname, url.port) == (DNS_NAME, HttpSettings().port)
 
 
 def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    svc = compose()["services"][APP]
+    svc = compose()["services"][DNS_NAME]
     settings = settings_with_env(
         monkeypatch, {**dockerfile_env(final_stage()), **svc.get("environment", {})}
     )

@@ -7,6 +7,7 @@ import pytest
 
 from service.cli import build_parser
 from tests.deploy.artifacts import (
+    DNS_1123_LABEL,
     SHUTDOWN_MARGIN,
     dockerfile_env,
     final_stage,
@@ -28,6 +29,10 @@ def test_k8s_manifests_validate_offline() -> None:
     }
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        # Object names are DNS-1123 names; the schema does not say so, the API server does.
+        assert DNS_1123_LABEL.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
+    for container in k8s_kind("Deployment")["spec"]["template"]["spec"]["containers"]:
+        assert DNS_1123_LABEL.fullmatch(container["name"]), container["name"]
     broken = k8s_kind("Deployment")
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGett"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):

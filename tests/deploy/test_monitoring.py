@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from tests.deploy.artifacts import (
-    APP,
     DASHBOARD,
+    DNS_NAME,
     GRAFANA_DIR,
     PROMETHEUS_DIR,
     compose,
@@ -222,7 +222,7 @@ def test_make_stack_prometheus_scrapes_every_dashboard_and_alert_metric(
                 break
             assert time.monotonic() < deadline, (must_scrape - known, health)
             time.sleep(0.5)
-        up = _prometheus_api(ports["prometheus"], "query", query=f'up{{job="{APP}"}}')
+        up = _prometheus_api(ports["prometheus"], "query", query=f'up{{job="{DNS_NAME}"}}')
         assert [r["value"][1] for r in up["result"]] == ["1"]
         assert set(health) == set(rule_exprs()), "every alert rule is loaded and evaluates"
         print("queried, not yet sampled (checked by # HELP):", sorted(queried - must_scrape))

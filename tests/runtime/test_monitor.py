@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
+import json
 import time
 from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
+from service.runtime import log
 from service.runtime.metrics import Metrics
-from service.runtime.monitor import monitoring, task_dump
+from service.runtime.monitor import configure_debug, monitoring, task_dump
 from tests.support.process import parse_metrics
 
 
@@ -169,3 +172,33 @@ async def test_task_dump_names_group_state_coroutine_and_frame() -> None:
     assert " in parked" in row["top_frame"]
     current = [r for r in rows.values() if r["state"] == "running"]
     assert len(current) == 1
+
+
+def test_debug_mode_logs_a_slow_callback_with_its_source(log_output: io.BytesIO) -> None:
+    """configure_debug: asyncio's debug mode on, callbacks over the threshold logged."""
+
+    async def main() -> None:
+        configure_debug(asyncio.get_running_loop(), True, slow_callback_ms=20)
+        assert asyncio.get_running_loop().get_debug()
+        await asyncio.sleep(0)  # the next step runs under debug mode's timing
+        time.sleep(0.06)  # blocks the loop: the step that runs this is a slow callback
+
+    with asyncio.Runner() as runner:
+        runner.run(main())
+    log.sink().flush()
+    lines = [json.loads(raw) for raw in log_output.getvalue().splitlines()]
+    slow = [line for line in lines if line.get("logger") == "asyncio" and "took" in line["event"]]
+    assert slow, lines
+    assert "test_debug_mode_logs_a_slow_callback" in slow[0]["event"]  # names the coroutine
+
+
+def test_debug_mode_off_logs_no_slow_callback(log_output: io.BytesIO) -> None:
+    async def main() -> None:
+        configure_debug(asyncio.get_running_loop(), False, slow_callback_ms=20)
+        await asyncio.sleep(0)
+        time.sleep(0.06)
+
+    with asyncio.Runner() as runner:
+        runner.run(main())
+    log.sink().flush()
+    assert b"took" not in log_output.getvalue()

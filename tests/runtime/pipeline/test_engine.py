@@ -367,3 +367,32 @@ async def test_tcp_clients_stop_being_read_while_the_sink_is_stalled() -> None:
     assert all(a.startswith((b"OK ", b"ERR overloaded")) for a in answers)
     assert sorted(ok) == sorted(sink.ids())
     assert len(ok) > total * 0.9
+
+
+@pytest.mark.asyncio
+async def test_workers_let_the_loop_run_between_batches() -> None:
+    """A burst of work never holds the loop for more than one batch at a time."""
+    ticks_while_busy = 0
+
+    async def ticker(p: Pipeline) -> None:
+        nonlocal ticks_while_busy
+        while True:
+            await asyncio.sleep(0)
+            ticks_while_busy += p.queued() > 0
+
+    async with demo_pipeline(
+        settings(
+            ingest_capacity=20_000, enrich_capacity=20_000, batch_size=5_000, enrich_workers=1
+        ),
+        Metrics(),
+        LocalUsers(),
+        MemorySink(),
+    ) as p:
+        p.offer_batch_nowait([ev(f"u{i % 50}") for i in range(10 * WORKER_BATCH)])
+        counting = asyncio.create_task(ticker(p), name="test:ticker")
+        await wait_for(lambda: p.queued() == 0)
+        counting.cancel()
+        await p.drain(5)
+    # Ten batches through one worker, each followed by a yield: the ticker ran
+    # between them (without the yields it runs once or twice in all).
+    assert ticks_while_busy >= 5

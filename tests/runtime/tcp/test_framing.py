@@ -45,6 +45,7 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         assert not self.closed
@@ -59,9 +60,11 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -110,3 +113,23 @@ def test_a_long_line_ends_the_conversation_after_the_answers_before_it(
     data = b"PING\n" * pings + b"x" * long + b"\nPING\n"
     answers = converse(data, [c % (len(data) + 1) for c in cuts])
     assert answers == [b"PONG\n"] * pings + [b"ERR line_too_long\n"]
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> None:
+    """Backpressure: LingeringProtocol._update_reading pauses reading while writes are paused.
+
+    The unread lines stay in the kernel's buffers and TCP flow control slows the
+    client down, instead of the server buffering what it cannot answer yet.
+    """
+    server = TcpServer(make_settings().tcp, Metrics(), EventLines(LocalIntake(), 5.0))
+    conn = Connection(server)
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(b"PING\n")
+    conn.pause_writing()  # the transport's write buffer is over its high-water mark
+    assert not transport.reading
+    conn.data_received(b"PING\nPING\n")  # already in flight: kept, not answered yet
+    assert bytes(transport.data) == b"PONG\n"
+    conn.resume_writing()
+    assert transport.reading
+    assert bytes(transport.data) == b"PONG\n" * 3

@@ -317,6 +317,7 @@ async def test_an_event_waiting_for_room_is_acknowledged_when_room_comes() -> No
         waiting = [t for t in asyncio.all_tasks() if t.get_name() == "tcp:answer-later"]
         assert len(waiting) == 1
         assert running.metrics.task_groups.of(waiting[0]) == "tcp"
+        assert waiting[0] in running.server._tasks  # owned (TcpServer.spawn): not fire-and-forget
         await asyncio.sleep(0.1)
         (conn,) = running.server.connections
         assert len(conn._buffer) < 1 << 20
@@ -325,6 +326,8 @@ async def test_an_event_waiting_for_room_is_acknowledged_when_room_comes() -> No
         got = await read_lines(reader, 3)
         assert got[:2] == ["OK id-1\n", "PONG\n"]
         assert got[2].startswith("ERR invalid_json")
+        assert waiting[0].done()
+        assert waiting[0] not in running.server._tasks  # reaped once finished
         writer.close()
 
 
