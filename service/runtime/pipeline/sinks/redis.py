@@ -48,9 +48,9 @@ through ``asyncio.wait_for``, which on Python 3.11 runs the send in a new
 task, so the batch's bytes reach the socket only one loop iteration after
 ``write_batch`` starts. Under load that iteration is long: taking a batch
 frees room in the enrich queue, and the enrich workers then refill it
-without yielding. Measured in bench_redis (HTTP): 21-25 ms of a 60-70 ms
-batch passed before the send began (2.4 ms without the timeout), and the
-rate rose from 53-64k to 70-71k events/s. :data:`WRITE_TIMEOUT` still bounds
+without yielding. Measured in bench_redis (HTTP): with the timeout, 21-25 ms
+of a 60-70 ms batch passed before the send began (2.4 ms without it), and the
+rate was 53-64k events/s against 70-71k without it. :data:`WRITE_TIMEOUT` still bounds
 every attempt (``asyncio.timeout`` around the call; redis-py drops a
 connection whose read or write was cancelled, so no stale reply is left).
 """
