@@ -1,24 +1,45 @@
 # syntax=docker/dockerfile:1
-# The service image: `docker build -t service:local .`, run by docker-compose.yml
-# and deploy/k8s/. The base is pinned to an exact patch release; pin it by digest
+# The service image: `docker build -t service:local .` (or `make image`, which
+# fills in the OCI labels), run by docker-compose.yml and deploy/k8s/. Every
+# Python package in it comes from uv.lock, each file checked against the hash
+# the lock records. The base is pinned to an exact patch release of the newest
+# Python the suite runs on (Dependabot proposes the next one); pin it by digest
 # too before shipping (docs/container.md shows the one command).
 # tests/deploy/test_dockerfile.py starts the service with this file's ENTRYPOINT, CMD, ENV and
 # WORKDIR and runs its HEALTHCHECK, so what is written here is what is tested.
 
-ARG PYTHON_IMAGE=python:3.13.9-slim-bookworm
+ARG PYTHON_IMAGE=python:3.13.14-slim-trixie
 
-# --- builder: resolve and install the dependencies into a self-contained venv ---
+# --- builder: the locked dependencies, then the project, into a self-contained venv ---
 FROM ${PYTHON_IMAGE} AS builder
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
-# The venv has no pip of its own (the base image's pip installs into it with
-# --python), so the final image carries no installer. pip compiles the
+# uv makes /opt/venv with the base image's Python (the final stage has the same
+# one) and no pip, so the final image carries no installer. It compiles the
 # bytecode here, once: the read-only root filesystem could not take it later.
-RUN python -m venv --without-pip /opt/venv
+# Copies, not hard links, out of the cache mount (another filesystem).
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON=/usr/local/bin/python3 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# uv itself, at the version and with the hashes uv.lock lists for it.
+COPY scripts/uv_requirement.py uv.lock ./
+RUN python uv_requirement.py uv.lock > uv-requirement.txt \
+    && pip install --no-cache-dir --require-hashes --no-deps -r uv-requirement.txt
+# The dependencies before the code: this layer is rebuilt only when pyproject.toml
+# or uv.lock change. --locked fails the build if they disagree; the cache mount
+# keeps uv's downloads between builds without putting them into a layer.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --locked --no-dev --no-install-project
+# Then the project itself, installed as a package (not editable), built by the
+# uv_build backend inside uv: nothing outside the lock is downloaded.
+COPY README.md ./
 COPY service/ ./service/
-RUN pip --python /opt/venv/bin/python install --no-cache-dir .
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --locked --no-dev --no-editable
 
 # --- final: the venv, a non-root user, nothing else ---
 FROM ${PYTHON_IMAGE}
@@ -53,3 +74,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SERVICE_HTTP__PORT', '8080') + '/readyz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "service"]
 CMD ["serve"]
+
+# OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md),
+# last so a new commit changes no layer. `make image` and CI pass the real values.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT"

@@ -94,10 +94,7 @@ def substitutions(new: str, python: bool) -> Subs:
             rf'\1 = ["{new}',
         ),
         (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
-        (
-            re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
-            f"[tool.setuptools.package-data]\n{new} =",
-        ),
+        (re.compile(r'^module-name = "service"', re.M), f'module-name = "{new}"'),
         # Metric prefix and identifiers: service_http_requests_total, service_env
         # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),
@@ -152,8 +149,31 @@ def files(root: Path) -> Iterator[Path]:
             yield path
 
 
+def rename_lock(root: Path, new: str) -> bool:
+    """The project's own entry in uv.lock, under its normalized name (PEP 503).
+
+    Only the entry whose source is this directory: the rest of the lock names
+    other projects, and a stale project name would fail ``uv sync --locked``.
+    """
+    lock = root / "uv.lock"
+    if not lock.is_file():
+        return False
+    text = lock.read_text()
+    normalized = new.replace("_", "-")
+    renamed = re.sub(
+        rf'^name = "{OLD}"\n(version = "[^"]*"\nsource = {{ (?:editable|virtual) = "\." }})',
+        rf'name = "{normalized}"\n\1',
+        text,
+        flags=re.M,
+    )
+    if renamed == text:
+        return False
+    lock.write_text(renamed)
+    return True
+
+
 def rename(root: Path, new: str) -> int:
-    changed = 0
+    changed = int(rename_lock(root, new))
     for path in files(root):
         subs = substitutions(new, python=path.suffix == ".py")
         try:

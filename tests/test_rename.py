@@ -89,6 +89,14 @@ def test_the_renamed_tree_lints_and_type_checks(renamed: Path) -> None:
         assert lint.returncode == 0, lint.stdout[-3000:]
     contracts = subprocess.run([BIN / "lint-imports"], cwd=renamed, capture_output=True, text=True)
     assert contracts.returncode == 0, contracts.stdout[-3000:]
+    # uv.lock names the project too: `make` installs with --locked, so it must still agree.
+    lock = subprocess.run(
+        [BIN / "uv", "lock", "--check", "--offline", "--python", sys.executable],
+        cwd=renamed,
+        capture_output=True,
+        text=True,
+    )
+    assert lock.returncode == 0, lock.stderr[-3000:]
     types = subprocess.run(
         [BIN / "mypy", "--cache-dir", str(renamed / ".mypy_cache")],
         cwd=renamed,

@@ -7,6 +7,7 @@ stop grace period longer than the shutdown budget.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 import jsonschema
@@ -105,3 +106,14 @@ def test_compose_stop_grace_period_outlasts_the_shutdown_budget(
     )
     budget = shutdown_budget(settings)
     assert duration_seconds(svc["stop_grace_period"]) >= budget + SHUTDOWN_MARGIN, budget
+
+
+def test_compose_images_are_pinned_to_exact_releases() -> None:
+    """Each third-party image names one release (what Dependabot's compose updates move)."""
+    exact = re.compile(r"[\w./-]+:v?\d+\.\d+\.\d+(-[a-z][\w.]*)?(@sha256:[0-9a-f]{64})?")
+    images = {
+        name: svc["image"] for name, svc in compose()["services"].items() if "build" not in svc
+    }
+    assert {"redis", "prometheus", "grafana"} <= set(images)
+    for name, image in images.items():
+        assert exact.fullmatch(image), f"{name}: {image} is not an exact release"

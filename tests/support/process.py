@@ -71,9 +71,11 @@ class ServiceProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         module: str = "service",
+        python: str | None = None,
     ) -> None:
         self.args = args
         self.module = module  # e.g. "tests.apps.slow_service" (run from ROOT)
+        self.python = python or sys.executable  # another venv's interpreter, if given
         self.env = {**os.environ, "SERVICE_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
         self.env.update(env or {})
         self.cwd = cwd
@@ -86,7 +88,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
+            [self.python, "-m", self.module, *self.args],
             env=self.env,
             cwd=self.cwd or (ROOT if self.module != "service" else None),
             stdout=subprocess.PIPE,
@@ -187,6 +189,7 @@ def running_service(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     module: str = "service",
+    python: str | None = None,
 ) -> Iterator[ServiceProcess]:
     """A started service (``serve`` unless ``args`` say otherwise), stopped at the end."""
     default_args = ["serve"] if module == "service" else []
@@ -195,6 +198,7 @@ def running_service(
         env={**service_env(), **(env or {})},
         cwd=cwd,
         module=module,
+        python=python,
     )
     proc.start()
     try:
