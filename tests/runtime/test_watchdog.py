@@ -49,6 +49,7 @@ def test_a_blocked_loop_is_reported_while_it_is_blocked() -> None:
         )
         ended = _wait_for(svc, "event loop runs again after a stall")
         after = scrape(metrics_url)
+    print(f"scrape during the block: {scrape_seconds * 1000:.1f} ms")
     # The admin listener has its own thread: it answers at once, and shows the stall.
     assert scrape_seconds < 0.2, scrape_seconds
     assert during["service_event_loop_stalls_total"] == 1

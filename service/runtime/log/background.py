@@ -75,10 +75,6 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
-    @property
-    def buffered(self) -> int:
-        return self._bytes
-
     def put(self, chunk: bytes) -> None:
         """Queue ``chunk`` (whole lines, each ending in a newline); never blocks."""
         with self._cond:
