@@ -1,33 +1,89 @@
-"""The admin app: /metrics and /debug/tasks on their own listener.
+"""The admin app: /metrics and /debug/tasks, served from a thread of their own.
 
 Not for the public: it binds to loopback by default (``admin.host``) and is a
 separate ``web.Application``, so none of its routes exist on the public port.
+
+:class:`AdminServer` runs it on its own event loop in its own thread, so that
+``/metrics`` answers while the service's loop is blocked: exactly when the
+stall gauge and the task states are worth reading. (``/livez`` stays on the
+service's loop, so that it fails when the loop is stuck.) Reading from
+another thread is safe: the lock-free families are plain numbers, the gauge
+callbacks read sizes, and ``asyncio.all_tasks`` is made for it. What only
+the loop's thread may do, settling the batched HTTP records
+(``RequestRecords.settle``) and walking the tasks' stacks, is handed to the
+loop (``call_soon_threadsafe``) and waited for briefly; a scrape of a
+stalled loop goes on without it.
 """
 
 from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.runtime.http.problem import errors_only
+from service.runtime.http.problem import errors_only, problem_response
 from service.runtime.keys import METRICS, SETTINGS, STATE
+from service.runtime.metrics import Metrics
 from service.runtime.monitor import task_dump
+
+T = TypeVar("T")
+
+SERVICE_LOOP: web.AppKey[asyncio.AbstractEventLoop] = web.AppKey("service_loop")
+# How long a scrape waits for the service's loop to settle the HTTP records.
+SETTLE_WAIT = 0.05
+# How long /debug/tasks waits for the service's loop to list its tasks.
+DUMP_WAIT = 1.0
+
+
+async def on_service_loop(app: web.Application, fn: Callable[[], T], timeout: float) -> T:
+    """``fn()``, run on the service's loop (its thread), within ``timeout`` (``TimeoutError``)."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if done.set_running_or_notify_cancel():  # False: the waiter gave up
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+    app[SERVICE_LOOP].call_soon_threadsafe(run)
+    async with asyncio.timeout(timeout):
+        return await asyncio.wrap_future(done)
+
+
+def _settle(metrics: Metrics) -> None:
+    for hook in metrics.before_collect:
+        hook()
 
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     app[METRICS].ready_child.set(1.0 if app[STATE].ready else 0.0)
-    # Rendering runs on the loop on purpose: the fast metrics are loop-owned.
+    # Not waited for long when the loop is busy or stalled (or closed): the rest is read here.
+    with contextlib.suppress(TimeoutError, RuntimeError):
+        await on_service_loop(app, lambda: _settle(app[METRICS]), SETTLE_WAIT)
     body = generate_latest(app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def debug_tasks(request: web.Request) -> web.Response:
-    if not request.app[SETTINGS].admin.debug:
+    app = request.app
+    if not app[SETTINGS].admin.debug:
         raise web.HTTPNotFound(text="debug endpoints are off (admin.debug)")
-    body = orjson.dumps(task_dump(request.app[METRICS].task_groups))
-    return web.Response(body=body, content_type="application/json")
+    loop = app[SERVICE_LOOP]
+    try:
+        groups = app[METRICS].task_groups
+        rows = await on_service_loop(app, lambda: task_dump(groups, loop), DUMP_WAIT)
+    except TimeoutError:
+        return problem_response(503, f"The event loop did not answer within {DUMP_WAIT} s.")
+    return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
 
 def create_admin_app(public: web.Application) -> web.Application:
@@ -39,3 +95,57 @@ def create_admin_app(public: web.Application) -> web.Application:
     admin.router.add_get("/metrics", metrics)
     admin.router.add_get("/debug/tasks", debug_tasks)
     return admin
+
+
+class AdminServer:
+    """The admin app on its own loop, in a thread; started and closed from the service's loop."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; return the bound port (``OSError`` when it cannot bind)."""
+        self.app[SERVICE_LOOP] = asyncio.get_running_loop()
+        bound: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(bound,), name="admin", daemon=True)
+        self._thread.start()
+        return await asyncio.wrap_future(bound)
+
+    async def close(self) -> None:
+        """Stop serving and wait for the thread to end (the caller bounds the wait)."""
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None or self._ended.done():
+            return
+        with contextlib.suppress(RuntimeError):  # its loop has just closed by itself
+            loop.call_soon_threadsafe(stop.set)
+        await asyncio.wrap_future(self._ended)
+
+    def _run(self, bound: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(bound))
+        finally:
+            loop.close()
+            self._ended.set_result(None)
+
+    async def _serve(self, bound: concurrent.futures.Future[int]) -> None:
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+        except BaseException as exc:
+            bound.set_exception(exc)
+            await runner.cleanup()
+            return
+        bound.set_result(runner.addresses[0][1])
+        await self._stop.wait()
+        await runner.cleanup()

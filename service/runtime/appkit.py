@@ -91,7 +91,8 @@ def api_app(
 
 
 async def _monitoring(app: web.Application) -> AsyncIterator[None]:
-    async with monitoring(app[METRICS], app[SETTINGS].metrics.loop_lag_interval):
+    s = app[SETTINGS]
+    async with monitoring(app[METRICS], s.metrics.loop_lag_interval, s.loop.stall_seconds):
         yield
 
 
@@ -134,6 +135,8 @@ def pipeline(
             app[PIPELINE] = running
             app[STATE].drains.append(running)
             app[STATE].checks.append(lambda: running.healthy)
+            if running.task is not None:
+                app[STATE].watch(running.task, "pipeline")
             yield
 
     return ctx
@@ -143,7 +146,7 @@ def tcp_server(handler: Callable[[web.Application], LineHandler]) -> CleanupCtx:
     """The TCP server with the line handler ``handler(app)`` makes; a listener of the lifecycle."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        server = TcpServer(app[SETTINGS].tcp, app[METRICS], handler(app))
+        server = TcpServer(app[SETTINGS].tcp, app[METRICS], handler(app), app[STATE].watch)
         app[TCP_SERVER] = server
         app[STATE].listeners.append(server)
         yield

@@ -8,9 +8,21 @@ a little scheduling, which is what the compose ``stop_grace_period`` and the
 k8s ``terminationGracePeriodSeconds`` are sized from.
 
 Components join the sequence through ``service.runtime.state`` (listeners,
-drains, summary sources, readiness checks); this module never needs to know
-what they are, nor which service it runs: :func:`run_service` takes the
-service's app factory.
+drains, summary sources, readiness checks, core tasks); this module never
+needs to know what they are, nor which service it runs: :func:`run_service`
+takes the service's app factory.
+
+When a core component fails (``ServiceState.fail``: a pipeline stage worker,
+the sink writer or the TCP server's sweeper died of an unexpected
+exception), the service logs one error line saying which and why ("a core
+component failed: shutting down, exit code 1"), runs the same shutdown
+steps, and exits with code 1, so that the orchestrator restarts it.
+
+The admin listener runs on its own thread (``service.runtime.admin``), so it
+answers while the loop is blocked; it starts before the other listeners and
+closes last. At exit
+the log writer thread gets ``log.exit_flush_seconds`` to write what is left
+(``service.runtime.log.writer``).
 """
 
 from __future__ import annotations
@@ -24,10 +36,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
 from service.runtime import gctune, offload
-from service.runtime.admin import create_admin_app
+from service.runtime.admin import AdminServer, create_admin_app
 from service.runtime.appkit import AppFactory
 from service.runtime.config import RuntimeSettings
 from service.runtime.http.server import HttpListener
@@ -40,7 +50,8 @@ from service.runtime.state import ServiceState
 
 log = get_logger("service.lifecycle")
 
-# Exit codes: 0 clean, 1 acknowledged work was lost (or a forced exit), 2 bad config.
+# Exit codes: 0 clean, 1 acknowledged work was lost, a core component failed
+# (ServiceState.fail) or a forced exit, 2 bad config.
 EXIT_OK, EXIT_LOST, EXIT_CONFIG = 0, 1, 2
 
 
@@ -54,6 +65,7 @@ class Service:
         self.state = ServiceState()
         self.app = create_app(settings, metrics=self.metrics, state=self.state)
         self.admin = create_admin_app(self.app)
+        self.admin_server = AdminServer(self.admin, settings.admin.host, settings.admin.port)
         self.http = HttpListener(
             self.app,
             settings.http,
@@ -63,7 +75,8 @@ class Service:
         )
         self.stopping = asyncio.Event()
         self._signals = 0
-        self._admin_runner: web.AppRunner | None = None
+        self.state.failure_hooks.append(self._on_failure)
+        self.metrics.before_collect.append(self._count_dropped_logs)
 
     # -- signals ----------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -79,8 +92,17 @@ class Service:
             return
         # A second signal means "now": no more waiting on anything.
         log.warning("second signal: exiting at once", signal=sig.name)
-        sink().flush()
+        sink().stop_writer(min(0.5, self.settings.log.exit_flush_seconds))
         os._exit(EXIT_LOST)
+
+    def _count_dropped_logs(self) -> None:
+        self.metrics.log_dropped.labels().value = float(sink().dropped)
+
+    def _on_failure(self, reason: str, exc: BaseException | None) -> None:
+        log.error(
+            "a core component failed: shutting down, exit code 1", reason=reason, exc_info=exc
+        )
+        self.stopping.set()
 
     # -- start --------------------------------------------------------------
     async def start(self) -> dict[str, int]:
@@ -90,11 +112,7 @@ class Service:
         configure_debug(loop, s.loop.debug, s.loop.slow_callback_ms)
         # Resources start here: the app's cleanup contexts run in order.
         await self.http.setup()
-        self._admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
-        await self._admin_runner.setup()
-        admin_site = web.TCPSite(self._admin_runner, s.admin.host, s.admin.port, reuse_address=True)
-        await admin_site.start()
-        ports = {"admin": self._admin_runner.addresses[0][1]}
+        ports = {"admin": await self.admin_server.start()}
         for listener in self.state.listeners:
             addresses = await listener.start()
             ports[listener.name] = addresses[0][1]
@@ -159,12 +177,16 @@ class Service:
         for source in (*(d.summary for d in self.state.drains), *self.state.summaries):
             for key, value in source().items():
                 counts[key] = counts.get(key, 0) + value
-        code = EXIT_LOST if counts.get("dropped", 0) else EXIT_OK
+        failure = self.state.failure
+        code = EXIT_LOST if counts.get("dropped", 0) or failure else EXIT_OK
         log.info(
-            "shutdown complete", exit_code=code, seconds=round(loop.time() - began, 3), **counts
+            "shutdown complete",
+            exit_code=code,
+            seconds=round(loop.time() - began, 3),
+            **counts,
+            **({"failure": failure} if failure else {}),
         )
-        if self._admin_runner is not None:
-            await _guarded(self._admin_runner.cleanup(), "close admin", timeout=s.cancel_seconds)
+        await _guarded(self.admin_server.close(), "close admin", timeout=s.cancel_seconds)
         return code
 
     async def _cancel_remaining(self, timeout: float) -> int:
@@ -205,8 +227,8 @@ async def serve(service: Service) -> int:
         await service._cancel_remaining(service.settings.shutdown.cancel_seconds)
         with contextlib.suppress(Exception):
             await service.http.cleanup()
-            if service._admin_runner is not None:
-                await service._admin_runner.cleanup()
+            async with asyncio.timeout(service.settings.shutdown.cancel_seconds):
+                await service.admin_server.close()
         return EXIT_CONFIG
     log.debug("started", seconds=round(time.monotonic() - started, 3))
     await service.stopping.wait()
@@ -232,8 +254,11 @@ def run_service(
         return await serve(service)
 
     try:
+        logs = settings.log
         code = run_loop(
-            flushing(main(), settings.log.flush_interval), settings.loop.kind, settings.loop.debug
+            flushing(main(), logs.flush_interval, logs.buffer_bytes, logs.exit_flush_seconds),
+            settings.loop.kind,
+            settings.loop.debug,
         )
     finally:
         sink().flush()

@@ -1,4 +1,4 @@
-"""Watching the event loop: task outcomes, loop lag, and the task dump of /debug/tasks.
+"""Watching the event loop: task outcomes, loop lag, unhandled exceptions, stalls, task dump.
 
 * A task factory adds one done callback per task that counts how named tasks
   end (``asyncio_tasks_finished_total{group,outcome}``); it works on uvloop and
@@ -6,6 +6,11 @@
   (``service.runtime.metrics.tasks``).
 * A monitor task sleeps ``metrics.loop_lag_interval`` and records how late it
   woke up (``event_loop_lag_seconds``): a blocked loop shows up here first.
+* The loop's exception handler logs each exception that no code handled (a
+  failed task nobody awaited, a callback that raised) as one line with the
+  task's name, and counts it (``asyncio_unhandled_exceptions_total``).
+* The watchdog thread (``service.runtime.watchdog``) reports a stalled loop
+  while it is stalled.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from service.runtime.log import get_logger
-from service.runtime.metrics import CounterChild, Metrics, TaskGroups
+from service.runtime.metrics import CounterChild, Metrics, TaskGroups, ended_normally
+from service.runtime.watchdog import Watchdog
 
 log = get_logger("service.monitor")
 
@@ -58,7 +64,7 @@ class TaskOutcomes:
         # The name is read at the end: on 3.11 the loop names a task after the
         # factory has returned it.
         if task.cancelled():
-            outcome = "cancelled"
+            outcome = "finished" if ended_normally(task) else "cancelled"
         # Not task.exception(): that marks the error as retrieved and would
         # silence asyncio's "Task exception was never retrieved" report.
         elif getattr(task, "_exception", None) is not None:
@@ -81,13 +87,46 @@ async def _watch_lag(metrics: Metrics, interval: float) -> None:
         lag.observe(max(0.0, loop.time() - due))
 
 
+class ExceptionReporter:
+    """The loop's exception handler: one line per exception no code handled, counted."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._count = metrics.unhandled_exceptions.labels()
+        self._groups = metrics.task_groups
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self._count.value += 1
+        fields: dict[str, Any] = {}
+        future = context.get("task") or context.get("future")
+        if isinstance(future, asyncio.Task):
+            fields["task"] = future.get_name()
+            fields["group"] = self._groups.of(future)
+        for key in ("future", "handle", "protocol", "transport"):
+            value = context.get(key)
+            if value is not None and value is not future:
+                fields[key] = repr(value)[:300]
+        exc = context.get("exception")
+        log.error(
+            context.get("message") or "unhandled exception in the event loop",
+            exc_info=exc if isinstance(exc, BaseException) else False,
+            **fields,
+        )
+
+
 @contextlib.asynccontextmanager
-async def monitoring(metrics: Metrics, lag_interval: float) -> AsyncIterator[None]:
-    """Install the task factory and run the lag monitor for the life of the block."""
+async def monitoring(
+    metrics: Metrics, lag_interval: float, stall_seconds: float = 0.0
+) -> AsyncIterator[None]:
+    """Task outcomes, the lag monitor, the exception handler and the watchdog, for the block."""
     loop = asyncio.get_running_loop()
     metrics.tasks.loop = loop
     outcomes = TaskOutcomes(metrics)
     outcomes.install(loop)
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(ExceptionReporter(metrics))
+    watchdog = Watchdog(stall_seconds, metrics) if stall_seconds > 0 else None
+    if watchdog is not None:
+        watchdog.start()
     prefix = metrics.register_task_group("monitor")
     watcher = asyncio.create_task(_watch_lag(metrics, lag_interval), name=f"{prefix}loop-lag")
     try:
@@ -96,6 +135,9 @@ async def monitoring(metrics: Metrics, lag_interval: float) -> AsyncIterator[Non
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        if watchdog is not None:
+            watchdog.stop()
+        loop.set_exception_handler(previous_handler)
         outcomes.uninstall(loop)
         metrics.tasks.loop = None
 

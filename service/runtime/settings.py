@@ -81,6 +81,12 @@ class LogSettings(Section):
     # Lines are buffered and written at most this often (and at once for
     # warnings and errors, and at exit).
     flush_interval: NonNegativeFloat = 0.1
+    # A thread writes them, from a buffer of at most this many bytes: when
+    # stdout does not keep up, what does not fit is dropped (and counted),
+    # never waited for.
+    buffer_bytes: PositiveInt = 1_048_576
+    # At exit, how long that thread may take to write what is left.
+    exit_flush_seconds: NonNegativeFloat = 1.0
 
 
 class MetricsSettings(Section):
@@ -92,6 +98,9 @@ class LoopSettings(Section):
     kind: Literal["uvloop", "asyncio"] = "uvloop"
     debug: bool = False
     slow_callback_ms: PositiveFloat = 100.0
+    # The watchdog thread logs the loop's stack when it has not run for this
+    # long (0: no watchdog).
+    stall_seconds: NonNegativeFloat = 1.0
 
 
 class ShutdownSettings(Section):

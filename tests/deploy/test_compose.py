@@ -56,7 +56,10 @@ def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.M
         assert limits.get("memory"), name
         assert limits.get("pids"), name
         for dep, cond in svc.get("depends_on", {}).items():
-            assert cond == {"condition": "service_healthy"}, (name, dep)
+            # Monitoring starts with the service, not once it is healthy: an
+            # unhealthy service is when its metrics are needed.
+            wanted = "service_started" if name == "prometheus" else "service_healthy"
+            assert cond == {"condition": wanted}, (name, dep)
             # The dependency must have a healthcheck (the service's is the image's).
             assert dep == DNS_NAME or "test" in services[dep]["healthcheck"], dep
     # Only the public API is published; Prometheus reaches the admin port inside.
@@ -69,6 +72,7 @@ def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.M
     assert job["static_configs"][0]["targets"] == [f"{DNS_NAME}:{admin_port}"]
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    assert services["prometheus"]["depends_on"] == {APP: {"condition": "service_started"}}
 
 
 def test_compose_commands_parse_with_the_service_cli() -> None:

@@ -83,11 +83,14 @@ def test_alert_rules_cover_the_failure_modes() -> None:
         "service_downstream_circuit_open",  # breaker open
         "service_asyncio_tasks",  # stuck cancelling
         "service_ready",  # readiness down
+        "service_asyncio_unhandled_exceptions_total",  # exceptions nobody handled
+        "service_asyncio_tasks_finished_total",  # failed tasks
     }
     covered = set().union(*(promql_metric_names(e) for e in exprs.values()))
     assert wanted <= covered
     assert any('state="cancelling"' in e for e in exprs.values())
     assert any('status=~"5.."' in e for e in exprs.values())
+    assert any('outcome="failed"' in e for e in exprs.values())
 
 
 def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
@@ -115,6 +118,10 @@ def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
         "service_downstream_requests_total",
         "service_downstream_circuit_open",
         "service_tcp_connections_active",
+        "service_asyncio_tasks_finished_total",  # failed tasks
+        "service_asyncio_unhandled_exceptions_total",
+        "service_event_loop_stalls_total",
+        "service_log_dropped_total",
     } <= names
     # The provider loads the directory that compose mounts the dashboards into.
     [provider] = yaml.safe_load(

@@ -6,8 +6,8 @@ import asyncio
 import gc
 import io
 import json
+import operator
 import time
-from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -108,28 +108,41 @@ async def test_finished_tasks_counted_by_outcome() -> None:
 
 
 @pytest.mark.asyncio
-async def test_counting_a_failure_does_not_mark_it_retrieved() -> None:
-    """asyncio must still report "Task exception was never retrieved" for a lost error."""
+async def test_an_unhandled_task_error_is_logged_with_its_task_and_counted(
+    log_output: io.BytesIO,
+) -> None:
+    """Counting a failure does not mark it retrieved: the loop's handler still sees it, logs
+    one line naming the task, and counts it."""
     metrics = _metrics()
-    reports: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+    before = loop.get_exception_handler()
 
     async def fail() -> None:
         raise RuntimeError("nobody awaits me")
 
-    try:
-        async with monitoring(metrics, lag_interval=0.05):
-            task = asyncio.create_task(fail(), name="pipeline:lost")
-            await asyncio.sleep(0.01)
-            assert task.done()
-            del task
-            gc.collect()
-            await asyncio.sleep(0)
-            assert _finished(_samples(metrics), "pipeline", "failed") == 1
-    finally:
-        loop.set_exception_handler(None)
-    assert any("never retrieved" in ctx.get("message", "") for ctx in reports), reports
+    async with monitoring(metrics, lag_interval=0.05):
+        task = asyncio.create_task(fail(), name="pipeline:lost")
+        await asyncio.sleep(0.01)
+        assert task.done()
+        del task
+        gc.collect()
+        await asyncio.sleep(0)
+        samples = _samples(metrics)
+        assert _finished(samples, "pipeline", "failed") == 1
+        assert samples["service_asyncio_unhandled_exceptions_total"] == 1
+        # A callback that raises: no task, the handle instead.
+        loop.call_soon(operator.truediv, 1, 0)
+        await asyncio.sleep(0.01)
+        assert _samples(metrics)["service_asyncio_unhandled_exceptions_total"] == 2
+    assert loop.get_exception_handler() is before  # put back at the end
+    log.sink().flush()
+    lines = [json.loads(raw) for raw in log_output.getvalue().splitlines()]
+    lost, callback = [line for line in lines if line["level"] == "error"]
+    assert lost["event"] == "Task exception was never retrieved"
+    assert (lost["task"], lost["group"]) == ("pipeline:lost", "pipeline")
+    assert "RuntimeError: nobody awaits me" in lost["exception"]
+    assert "truediv" in callback["handle"]
+    assert "ZeroDivisionError" in callback["exception"]
 
 
 @pytest.mark.asyncio

@@ -1,6 +1,6 @@
 """Every read of an aiohttp private attribute, in one place, with a public-API fallback.
 
-Two things here lean on aiohttp's internals, each for a measured reason:
+Three things here lean on aiohttp's internals, each for a reason:
 
 * **The request path's fast reads.** The HTTP middleware reads a few fields
   of every request and response. The public properties (``request.headers``,
@@ -14,6 +14,11 @@ Two things here lean on aiohttp's internals, each for a measured reason:
   downstream client's retry policy and budget must see every retry, and
   aiohttp has no public switch for it yet (aio-libs/aiohttp#10790), only the
   session's ``_retry_connection``.
+* **The connection's task.** aiohttp ends a connection's task by cancelling
+  it, also when the client simply closes it between requests; the task
+  metrics count such an end as finished (``service.runtime.http.server``),
+  which needs the task: ``RequestHandler._task_handler``. Without it the end
+  counts as cancelled, nothing else changes.
 
 :func:`detect` checks at start-up, on real aiohttp objects, that every field
 exists and agrees with its public property. When one does not (a future
@@ -24,6 +29,7 @@ the public API (the tests and ``make bench`` run both).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -125,3 +131,9 @@ def disable_connection_resend(session: aiohttp.ClientSession) -> bool:
         return False
     session._retry_connection = False
     return True
+
+
+def connection_task(handler: object) -> asyncio.Task[None] | None:
+    """The task serving an aiohttp connection (``RequestHandler._task_handler``), if known."""
+    task = getattr(handler, "_task_handler", None)
+    return task if isinstance(task, asyncio.Task) else None

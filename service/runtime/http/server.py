@@ -29,10 +29,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from service.runtime.http import compat
 from service.runtime.http.middleware import ApiMiddleware, Handler
 from service.runtime.http.problem import problem_response
 from service.runtime.log import get_logger
-from service.runtime.metrics import CounterChild, GaugeChild
+from service.runtime.metrics import CounterChild, GaugeChild, end_normally
 from service.runtime.settings import HttpSettings
 
 log = get_logger("service.http")
@@ -45,7 +46,7 @@ IDLE_LINGER = 0.25
 class HeaderTimeoutHandler(RequestHandler):
     """aiohttp's connection protocol, plus when its current request head began to arrive."""
 
-    __slots__ = ("_sweeps", "header_since", "in_request")
+    __slots__ = ("_end_seen", "_sweeps", "header_since", "in_request")
 
     def __init__(
         self, manager: HeaderTimeoutServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any
@@ -60,6 +61,7 @@ class HeaderTimeoutHandler(RequestHandler):
         # (the middleware says so): bytes read meanwhile are its body, or the
         # next request's, which may wait for this one.
         self.in_request = False
+        self._end_seen = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -70,6 +72,30 @@ class HeaderTimeoutHandler(RequestHandler):
         RequestHandler.data_received(self, data)  # not super(): this runs per packet
         if not self.header_since and not self.in_request and data:
             self.header_since = self._sweeps.sweep_count
+
+    # aiohttp ends the connection's task by cancelling it, also when the client
+    # closes the connection between requests or keep-alive expires: the normal
+    # end of a connection, which the task metrics then count as finished. The
+    # first close decides; only one while a request is in flight (or at
+    # shutdown) counts as cancelled: work was cut.
+    def _ending(self) -> None:
+        if not self._end_seen:
+            self._end_seen = True
+            task = None if self.in_request else compat.connection_task(self)
+            if task is not None:
+                end_normally(task)
+
+    def force_close(self) -> None:
+        self._ending()
+        super().force_close()
+
+    def close(self) -> None:
+        self._ending()
+        super().close()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        self._end_seen = True
+        await super().shutdown(timeout)
 
     def handle_error(
         self,

@@ -108,6 +108,7 @@ def configure(settings: LogSettings, stream: IO[bytes] | None = None) -> None:
     # The sink object stays the same (the middleware holds it); only its stream changes.
     _sink.reset(stream if stream is not None else sys.stdout.buffer)
     console = use_console(settings, stream)
+    _sink.console = console
     level = _LEVELS[settings.level]
     renderer: Processor
     if console:

@@ -6,6 +6,15 @@ most every ``log.flush_interval`` seconds, at once for warnings and errors,
 and at exit. Producers that keep raw records and render them in batches
 (the HTTP access lines) register a flush hook and render at each flush.
 
+While the service runs (:func:`flushing`), a flush hands its joined chunk to
+a writer thread (:mod:`.background`) instead of writing it: a stdout whose
+reader stops reading must not stop the loop. What does not fit in
+``log.buffer_bytes`` is dropped, counted (:attr:`LogSink.dropped`, exported
+as ``<namespace>_log_dropped_total``) and reported by one line once writing
+resumes; at the end the thread gets ``log.exit_flush_seconds`` to write
+what is left. Outside the service (the CLI's other commands, most tests)
+lines are written directly.
+
 This module knows nothing of structlog or of HTTP.
 """
 
@@ -18,6 +27,15 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
+import orjson
+
+from service.runtime.log.background import BackgroundWriter
+from service.runtime.log.timestamps import clock
+
+# Defaults of ``log.buffer_bytes`` and ``log.exit_flush_seconds`` (the settings repeat them).
+BUFFER_BYTES = 1024 * 1024
+EXIT_FLUSH_SECONDS = 1.0
+
 
 class LogSink:
     """A buffered, thread-safe line writer in front of one binary stream.
@@ -28,6 +46,8 @@ class LogSink:
     of its flushes: producers that keep raw per-request records and render
     them in batches (the HTTP access lines), so a request pays for a tuple
     instead of a rendered line.
+    Between :meth:`start_writer` and :meth:`stop_writer` a thread does the
+    writing, and nothing here ever waits for the stream.
     ``max_pending`` tells such a producer how many records it may hold for the
     next flush: 0 while unbuffered, so it writes at once. Flushes from other
     threads (an urgent error) leave the hooks to the owner's next flush.
@@ -43,6 +63,50 @@ class LogSink:
         self._owner: int | None = None
         self._hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self.max_pending = 0
+        self._writer: BackgroundWriter | None = None
+        self._dropped_before = 0
+        self.console = False  # how the "lines dropped" line is rendered (set by configure)
+
+    @property
+    def dropped(self) -> int:
+        """Lines lost so far because the output did not keep up (the buffer was full)."""
+        writer = self._writer
+        return self._dropped_before + (writer.dropped if writer is not None else 0)
+
+    def start_writer(self, buffer_bytes: int = BUFFER_BYTES) -> None:
+        """From now on a thread writes, through a buffer of ``buffer_bytes``."""
+        if self._writer is None:
+            self.flush()
+            self._writer = BackgroundWriter(self._stream, buffer_bytes, self._gap_line)
+
+    def stop_writer(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
+        """Let the thread write what is pending within ``timeout``, then write directly again.
+
+        False if the stream did not take it in time: the thread is left
+        blocked (a daemon) and lines keep going to its full buffer, dropped.
+        """
+        writer = self._writer
+        if writer is None:
+            return True
+        self.flush()
+        if not writer.close(timeout):
+            return False
+        self._writer = None
+        self._dropped_before += writer.dropped
+        return True
+
+    def _gap_line(self, lines: int) -> bytes:
+        event = "log lines dropped: the output did not keep up"
+        if self.console:
+            return f"{clock.now()} [warning  ] {event} [service.log] dropped={lines}\n".encode()
+        line = {
+            "event": event,
+            "logger": "service.log",
+            "level": "warning",
+            "timestamp": clock.now(),
+            "dropped": lines,
+        }
+        return orjson.dumps(line) + b"\n"
 
     @property
     def buffering(self) -> bool:
@@ -64,6 +128,7 @@ class LogSink:
     def reset(self, stream: IO[bytes]) -> None:
         """Write what is pending, then write to ``stream``, unbuffered (``configure``)."""
         self.buffering = False
+        self.stop_writer()
         self.flush()
         self._stream = stream
 
@@ -87,6 +152,10 @@ class LogSink:
                 return
             data = b"\n".join(self._lines) + b"\n"
             self._lines.clear()
+            writer = self._writer
+            if writer is not None:
+                writer.put(data)  # never blocks; under the lock, chunks keep their order
+                return
         try:
             self._stream.write(data)
             self._stream.flush()
@@ -101,11 +170,28 @@ def sink() -> LogSink:
     return _sink
 
 
-async def flushing(coro: Coroutine[Any, Any, int], interval: float) -> int:
-    """Run ``coro`` with the sink buffering, flushed every ``interval`` seconds."""
+async def flushing(
+    coro: Coroutine[Any, Any, int],
+    interval: float,
+    buffer_bytes: int = BUFFER_BYTES,
+    exit_seconds: float = EXIT_FLUSH_SECONDS,
+) -> int:
+    """Run ``coro`` with the sink's writer thread, buffering, flushed every ``interval`` seconds.
+
+    At the end the thread has ``exit_seconds`` to write what is left.
+    """
     out = sink()
-    if interval <= 0:
-        return await coro
+    out.start_writer(buffer_bytes)
+    try:
+        if interval <= 0:
+            return await coro
+        return await _buffered(coro, interval)
+    finally:
+        out.stop_writer(exit_seconds)
+
+
+async def _buffered(coro: Coroutine[Any, Any, int], interval: float) -> int:
+    out = sink()
 
     async def flusher() -> None:
         while True:

@@ -17,7 +17,7 @@ from service.runtime.metrics.families import (
     Histogram,
     HistogramChild,
 )
-from service.runtime.metrics.tasks import TaskGroups
+from service.runtime.metrics.tasks import TaskGroups, end_normally, ended_normally
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -32,4 +32,6 @@ __all__ = [
     "HistogramChild",
     "Metrics",
     "TaskGroups",
+    "end_normally",
+    "ended_normally",
 ]

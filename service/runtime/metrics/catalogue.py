@@ -75,6 +75,28 @@ class Metrics:
             "Delay of the loop monitor's wake-ups past their due time.",
             buckets=LAG_BUCKETS,
         )
+        self.unhandled_exceptions = counter(
+            "asyncio_unhandled_exceptions_total",
+            "Exceptions that reached the loop's exception handler (each is logged): "
+            "a failed task nobody awaited, a failing callback.",
+        )
+        # The watchdog thread (service.runtime.watchdog)
+        self.loop_stalls = counter(
+            "event_loop_stalls_total",
+            "Times the event loop ran nothing for loop.stall_seconds or longer.",
+        )
+        self.loop_stall = gauge(
+            "event_loop_stall_seconds",
+            "How long the event loop has been stalled (over loop.stall_seconds); 0 while it runs.",
+        )
+        # Logging (service.runtime.log)
+        self.log_dropped = counter(
+            "log_dropped_total",
+            "Log lines dropped because stdout did not keep up (log.buffer_bytes was full).",
+        )
+        for family in (self.unhandled_exceptions, self.loop_stalls, self.loop_stall):
+            family.labels()  # exported at 0 from the start
+        self.log_dropped.labels()
         # Pipeline (service.runtime.pipeline.engine)
         self.queue_depth = gauge(
             "pipeline_queue_depth", "Items waiting in a pipeline queue.", ("stage",)

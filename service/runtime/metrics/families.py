@@ -3,9 +3,12 @@
 The hot paths (one HTTP request, one TCP line, one pipeline event) update
 plain Python numbers: prometheus-client takes a lock on every ``inc`` and
 scans histogram buckets linearly, which costs more than the rest of a cheap
-request. These metrics are owned by the event loop thread: update them only
-from the loop (executor jobs report back through their future), and scrape
-them from the loop (the admin handler), so no lock is needed.
+request. Each child has one writer: the event loop thread for the hot paths
+(executor jobs report back through their future), a component's own thread
+for its own (the watchdog's stall count). A scrape reads them from the
+admin listener's thread (``service.runtime.admin``) without a lock: reading
+a number, or listing a family's children, is atomic under the GIL; a
+histogram's count and sum may be read one observation apart.
 prometheus-client still does the exposition and ``promtool``-clean text.
 """
 

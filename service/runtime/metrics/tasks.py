@@ -12,13 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 TASK_STATES = ("pending", "running", "cancelling")
 BUILTIN_GROUPS = ("http", "other")
 _GROUP_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+# Tasks for which a cancellation is the normal way to end: aiohttp ends a
+# connection's task by cancelling it when the client closes the connection
+# between requests, or keep-alive expires (service.runtime.http.server marks
+# those). The task-outcome counter counts them "finished", so that
+# "cancelled" means work was cut. Weak: nothing here outlives its task.
+_NORMAL_ENDS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def end_normally(task: asyncio.Task[Any]) -> None:
+    """Count ``task`` as finished even if it ends cancelled (its cancellation is its normal end)."""
+    _NORMAL_ENDS.add(task)
+
+
+def ended_normally(task: asyncio.Task[Any]) -> bool:
+    return task in _NORMAL_ENDS
 
 
 class TaskGroups:
@@ -58,7 +77,10 @@ class TaskStateCollector:
 
     Reading ``asyncio.all_tasks`` at scrape time costs nothing per task
     created, and sees tasks that libraries create without a task factory
-    (aiohttp builds its request tasks directly on 3.12+).
+    (aiohttp builds its request tasks directly on 3.12+). The admin listener
+    scrapes from its own thread (``service.runtime.admin``), so "running" is
+    the task the loop was running at that moment: 0 on an idle loop, 1 while
+    a task holds the loop (during a stall, the one that blocks it).
     """
 
     def __init__(self, name: str, groups: TaskGroups) -> None:
@@ -80,7 +102,10 @@ class TaskStateCollector:
                     state = "pending"
                 counts[(classify(task), state)] += 1
         fam = GaugeMetricFamily(
-            self.name, "Live asyncio tasks by group and state.", labels=("group", "state")
+            self.name,
+            "Live asyncio tasks by group and state; running: the task that held the "
+            "loop when the scrape (served off the loop) read it.",
+            labels=("group", "state"),
         )
         for (group, state), n in counts.items():
             fam.add_metric((group, state), n)

@@ -20,9 +20,12 @@ on a stop marker queued behind the last event. What cannot be delivered
 within the drain budget is counted as ``dropped``, which makes the exit code 1.
 
 The workers run in a TaskGroup owned by one dedicated task
-(``pipeline:run``), not by the app's cleanup context: a TaskGroup cancels
-its *parent* when a child fails, and the parent of a cleanup context is
-the service's main task.
+(``pipeline:run``, :attr:`Pipeline.task`), not by the app's cleanup context:
+a TaskGroup cancels its *parent* when a child fails, and the parent of a
+cleanup context is the service's main task. If a worker or the sink writer
+dies of an unexpected exception, intake closes and that task ends with the
+error; the wiring watches it (``ServiceState.watch``), so the service logs
+one line saying why and exits with code 1 instead of running on, unready.
 
 This module must not accept work while draining and must not know the
 transports or the domain: the wiring hands it the stages and the encoder.
@@ -131,6 +134,11 @@ class Pipeline:
             )
 
     @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task owning the workers (``pipeline:run``), once started."""
+        return self._runner
+
+    @property
     def accepted(self) -> int:
         return self.intake.accepted
 
@@ -174,14 +182,12 @@ class Pipeline:
                     for _ in range(behind):
                         self._queues[index + 1].put_nowait(STOP)
         except Exception:
-            # A bug in a worker (per-item errors are handled inside them): refuse
-            # intake from now on rather than acknowledge events nobody will write.
+            # A bug in a worker or the sink writer (per-item errors are handled
+            # inside them): refuse intake from now on rather than acknowledge
+            # events nobody will write, and end this task with the error. The
+            # service watches it (ServiceState.watch): it logs why and exits 1.
             self.intake.close()
-            log.exception(
-                "pipeline stopped: a worker failed",
-                accepted=self.accepted,
-                delivered=self.delivered,
-            )
+            raise
 
     async def _worker(self, index: int) -> None:
         stage = self.stages[index]

@@ -37,12 +37,23 @@ SHUTDOWN_LINGER = 0.2
 
 
 class TcpServer:
-    """The line-protocol server: it owns the wire, ``handler`` answers each line."""
+    """The line-protocol server: it owns the wire, ``handler`` answers each line.
+
+    ``watch(task, what)`` (the service's ``ServiceState.watch``) is given its
+    core task, the sweeper: if that dies, the service exits 1.
+    """
 
     name = "tcp"
 
-    def __init__(self, settings: TcpSettings, metrics: Metrics, handler: LineHandler) -> None:
+    def __init__(
+        self,
+        settings: TcpSettings,
+        metrics: Metrics,
+        handler: LineHandler,
+        watch: Callable[[asyncio.Task[None], str], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self._watch = watch
         self.handler = handler
         self.max_line_bytes = settings.max_line_bytes
         self.stopping = False
@@ -71,7 +82,9 @@ class TcpServer:
         self._server = await loop.create_server(
             lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True
         )
-        self.spawn(self._sweep(), "sweeper")
+        sweeper = self.spawn(self._sweep(), "sweeper")
+        if self._watch is not None:
+            self._watch(sweeper, "tcp server's sweeper")
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def stop_accepting(self) -> None:
@@ -171,13 +184,12 @@ class TcpServer:
             self.active -= 1
 
     async def _sweep(self) -> None:
+        # A sweep that raises is a bug in the server's own bookkeeping, and going
+        # on would leave every timer unenforced: the sweeper dies, and the service
+        # (watching it, see ``watch``) logs why and exits 1 to be restarted.
         while True:
             await asyncio.sleep(self._sweep_interval)
-            try:
-                self._expire(self.now())
-            except Exception:
-                # A dead sweeper would leave every timer unenforced; log and go on.
-                log.exception("tcp: sweep failed")
+            self._expire(self.now())
 
     def _expire(self, now: float) -> None:
         """Close idle clients, abort clients that stopped reading, end lingering closes."""
