@@ -72,7 +72,7 @@ def test_compose_services_are_hardened_healthy_and_ordered(monkeypatch: pytest.M
     assert job["static_configs"][0]["targets"] == [f"{DNS_NAME}:{admin_port}"]
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
-    assert services["prometheus"]["depends_on"] == {APP: {"condition": "service_started"}}
+    assert services["prometheus"]["depends_on"] == {DNS_NAME: {"condition": "service_started"}}
 
 
 def test_compose_commands_parse_with_the_service_cli() -> None:
