@@ -98,6 +98,15 @@ class DownstreamClient:
         self._metrics.downstream_circuit_open.remove_function(self.name)
 
     # -- calls --------------------------------------------------------------
+    def refusing(self) -> bool:
+        """True while calls are refused at once, without trying (the circuit is open).
+
+        A caller with many calls to make (a pipeline batch) asks this once and
+        skips them, rather than raising and catching a ``CircuitOpen`` per call
+        at the very moment the service should stay fast.
+        """
+        return self.breaker.refusing()
+
     async def get_json(self, path: str, deadline: Deadline, what: str = "resource") -> Any:
         """``GET`` (idempotent, so retried under the policy and the budget)."""
         return await self.retry.run(
