@@ -60,6 +60,8 @@ class Service:
             header_timeouts=self.metrics.http_header_timeouts.labels(),
             in_flight=self.metrics.http_in_flight.labels(),
             middleware=self.app.get(HTTP_MIDDLEWARE),
+            body_timeouts=self.metrics.http_body_timeouts.labels(),
+            connections_rejected=self.metrics.http_connections_rejected.labels(),
         )
         self.stopping = asyncio.Event()
         self._signals = 0

@@ -45,7 +45,11 @@ class HttpSettings(Section):
     backlog: PositiveInt = 1024
     max_body_bytes: PositiveInt = 1_048_576
     header_timeout: PositiveFloat = 10.0
+    # From a request's headers to the last byte of its body (answered 408 past it).
+    body_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
+    # Open connections at most; past it a new one is answered 503 at once and closed.
+    max_connections: PositiveInt = 10_000
     # Read aiohttp's private request fields where this aiohttp version has them
     # (service.runtime.http.compat); false forces the public API everywhere.
     fast_path: bool = True
