@@ -5,12 +5,13 @@ Replace these with your own downstreams; keep the runtime's
 :data:`CLIENTS` declares them to the runtime's registry; their URLs and
 per-service settings are ``[downstream.services.users]`` and ``...orders]``.
 ``UsersClient.get_user`` is the pipeline's enrichment lookup: TTL-cached and
-single-flight.
+single-flight; ``refusing`` and ``cached`` let a batch skip its lookups at
+once while the users circuit is open.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from service.runtime.downstream.registry import ClientFactory
 from service.runtime.keys import DOWNSTREAMS
 from service.runtime.metrics import Metrics
 from service.runtime.settings import DownstreamService
+
+T = TypeVar("T")
 
 
 class UsersClient(DownstreamClient):
@@ -62,6 +65,14 @@ class UsersClient(DownstreamClient):
         user, shared = await self._flight.do(user_id, lambda: self._load(user_id))
         (self._shared if shared else self._miss).value += 1
         return user
+
+    def cached(self, user_id: str, default: T) -> dict[str, Any] | T | None:
+        """The cached user (``None``: known not to exist), or ``default``; never a call."""
+        cached = self._cache.get(user_id)
+        if missing(cached):
+            return default
+        self._hit.value += 1
+        return cached
 
     async def _load(self, user_id: str) -> dict[str, Any] | None:
         # Runs once per key for all concurrent callers; fills the cache even

@@ -9,6 +9,10 @@ dataset for tests and for running without the downstream.
 
 A lookup owns its deadlines: the stage awaits it as it is, and an error from
 it never loses the event (the event is written unenriched, marked "failed").
+While the lookup says it is refusing calls (the users circuit is open), a
+batch skips its lookups at once: one check per batch, cached users still
+enriched, the rest marked "failed" without an exception each. A dependency
+that is down must not make ingest slower: that is when it is needed most.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -35,12 +39,21 @@ _ENRICHMENTS: tuple[Enrichment, ...] = ("ok", "unknown_user", "failed", "skipped
 # What the stage hands on: the event, its user's record (or None), how it went.
 Enriched = tuple[Event, "dict[str, Any] | None", Enrichment]
 _NOT_LOOKED_UP: dict[str, Any] = {}  # a marker (identity), never a user
+T = TypeVar("T")
 
 
 class UserLookup(Protocol):
     """A user's record by id, ``None`` when there is no such user; raises when the lookup fails."""
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None: ...
+
+    def refusing(self) -> bool:
+        """True while ``get_user`` would fail at once for any user not cached (circuit open)."""
+        ...
+
+    def cached(self, user_id: str, default: T) -> dict[str, Any] | T | None:
+        """What ``get_user`` would answer without a call, or ``default``."""
+        ...
 
 
 class EnrichStage(Stage):
@@ -50,11 +63,15 @@ class EnrichStage(Stage):
 
     def __init__(self, users: UserLookup, metrics: Metrics) -> None:
         self._lookup = users.get_user
+        self._refusing = users.refusing
+        self._cached = users.cached
         events = metrics.pipeline_events
         self._outcomes = {e: events.labels(self.name, e) for e in _ENRICHMENTS}
         self._last_error = 0.0
 
     async def process(self, values: list[Event]) -> list[Enriched]:
+        if self._refusing():  # one check per batch
+            return self._without_lookups(values)
         lookup, outcomes = self._lookup, self._outcomes
         # One lookup per user per batch: users repeat, and even a cache hit
         # costs a coroutine per call.
@@ -76,13 +93,39 @@ class EnrichStage(Stage):
                 outcome = "ok" if user is not None else "unknown_user"
             except Exception as exc:  # CancelledError is not an Exception
                 user, outcome = None, "failed"
-                self._failed(exc)
+                self._failed(f"{type(exc).__name__}: {exc}")
             if outcome == "ok":
                 ok += 1
             else:
                 outcomes[outcome].value += 1
             append((event, user, outcome))
+            if outcome == "failed" and self._refusing():
+                # The circuit opened during this batch: the rest skips its lookups.
+                out.extend(self._without_lookups(values[len(out) :]))
+                break
         outcomes["ok"].value += ok
+        return out
+
+    def _without_lookups(self, values: list[Event]) -> list[Enriched]:
+        """Cached users only, no call: the rest goes on unenriched, marked "failed"."""
+        cached, outcomes = self._cached, self._outcomes
+        out: list[Enriched] = []
+        append = out.append
+        counts = dict.fromkeys(_ENRICHMENTS, 0)
+        for event in values:
+            user = cached(event["user_id"], _NOT_LOOKED_UP)
+            outcome: Enrichment
+            if user is _NOT_LOOKED_UP:
+                user, outcome = None, "failed"
+            else:
+                outcome = "ok" if user is not None else "unknown_user"
+            counts[outcome] += 1
+            append((event, user, outcome))
+        for outcome, count in counts.items():
+            if count:
+                outcomes[outcome].value += count
+        if counts["failed"]:
+            self._failed("the users service refuses calls (circuit open): lookups skipped")
         return out
 
     def bypass(self, values: list[Event]) -> list[Enriched]:
@@ -90,15 +133,12 @@ class EnrichStage(Stage):
         self._outcomes["skipped"].value += len(values)
         return [(event, None, "skipped") for event in values]
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, error: str) -> None:
         # At most one line a second: a downstream outage must not flood the log.
         now = time.monotonic()
         if now - self._last_error >= 1.0:
             self._last_error = now
-            log.warning(
-                "user lookup failed: writing events unenriched",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            log.warning("user lookup failed: writing events unenriched", error=error)
 
 
 def encode_record(event_id: str, enriched: Enriched, received_at: float) -> bytes:
@@ -144,6 +184,15 @@ class LocalUsers:
         self._generated: dict[str, dict[str, Any]] = {}
 
     async def get_user(self, user_id: str) -> dict[str, Any] | None:
+        return self._user(user_id)
+
+    def refusing(self) -> bool:
+        return False  # in memory: never down
+
+    def cached(self, user_id: str, default: T) -> dict[str, Any] | T | None:
+        return self._user(user_id)
+
+    def _user(self, user_id: str) -> dict[str, Any] | None:
         if self._users is not None:
             return self._users.get(user_id)
         user = self._generated.get(user_id)

@@ -101,6 +101,7 @@ async def _offload(app: web.Application) -> AsyncIterator[None]:
     # step-5 budget, then they are abandoned (counted in the summary line).
     s = app[SETTINGS]
     offload = Offload(s.offload, app[METRICS], log_settings=s.log)
+    offload.serve_as_default()  # run_in_executor(None, ...) and to_thread run on offload.io
     app[OFFLOAD] = offload
     app[STATE].summaries.append(offload.summary)
     yield

@@ -88,6 +88,23 @@ class Overloaded(ProblemError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class RequestTimeout(ProblemError, TimeoutError):
+    """408: the request's body did not arrive in time; the connection is closed after the answer.
+
+    A ``TimeoutError`` too: it is raised from the body's stream, which aiohttp
+    reads again after the answer (to drain what is left) and where it takes a
+    timeout as "give up and close" rather than an unexpected error.
+    """
+
+    status = 408
+    slug = "request-timeout"
+    title = "Request Timeout"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"The request body did not arrive within {seconds:g} s.")
+
+
 class BadGateway(ProblemError):
     status = 502
     slug = "bad-gateway"

@@ -40,7 +40,7 @@ from service.runtime import gctune, offload
 from service.runtime.admin import AdminServer, create_admin_app
 from service.runtime.appkit import AppFactory
 from service.runtime.config import RuntimeSettings
-from service.runtime.http.server import HttpListener
+from service.runtime.http.listener import HttpListener
 from service.runtime.keys import HTTP_MIDDLEWARE
 from service.runtime.log import flushing, get_logger, sink
 from service.runtime.loop import run_loop
@@ -72,6 +72,8 @@ class Service:
             header_timeouts=self.metrics.http_header_timeouts.labels(),
             in_flight=self.metrics.http_in_flight.labels(),
             middleware=self.app.get(HTTP_MIDDLEWARE),
+            body_timeouts=self.metrics.http_body_timeouts.labels(),
+            connections_rejected=self.metrics.http_connections_rejected.labels(),
         )
         self.stopping = asyncio.Event()
         self._signals = 0

@@ -26,6 +26,11 @@ Metrics are loop-owned (``service.runtime.metrics``): durations are observed whe
 job's completion reaches the loop, queued/running gauges are read at scrape
 time from the futures' states. Nothing here touches a metric from a worker.
 
+The I/O pool is also the loop's default executor (:meth:`Offload.serve_as_default`,
+called by the app's start-up): ``loop.run_in_executor(None, fn)`` and
+``asyncio.to_thread(fn)``, the idioms users' code and libraries reach for,
+land here too, counted, with the request id, and bounded at shutdown.
+
 Shutdown is bounded: ``close(timeout)`` cancels queued jobs, waits at most
 ``timeout`` for running ones and abandons the rest, counting them. A thread
 cannot be killed, and the interpreter joins executor threads at exit
@@ -45,7 +50,7 @@ import functools
 import math
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar, TypeVarTuple, Unpack, cast
 
 import structlog
@@ -156,6 +161,13 @@ class Offload:
         self._idle.set()
         self.closed = False
         self.abandoned = 0
+        self._default_of: asyncio.AbstractEventLoop | None = None
+
+    def serve_as_default(self) -> None:
+        """Make the I/O pool the running loop's default executor, until :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(self.io)
+        self._default_of = loop
 
     async def run_io(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run blocking I/O in the I/O thread pool."""
@@ -221,6 +233,12 @@ class Offload:
         for pool in self._pools:
             pool.worker_processes = worker_processes(pool.executor)
             pool.executor.shutdown(wait=False, cancel_futures=True)
+        if self._default_of is not None and not self._default_of.is_closed():
+            # The loop joins its default executor's threads when it ends
+            # (asyncio.run, Runner.close: without a bound before 3.12), which
+            # would wait for an abandoned job: it gets a fresh, empty pool instead.
+            self._default_of.set_default_executor(ThreadPoolExecutor())
+            self._default_of = None
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()

@@ -45,7 +45,11 @@ class HttpSettings(Section):
     backlog: PositiveInt = 1024
     max_body_bytes: PositiveInt = 1_048_576
     header_timeout: PositiveFloat = 10.0
+    # From a request's headers to the last byte of its body (answered 408 past it).
+    body_timeout: PositiveFloat = 30.0
     keepalive_timeout: PositiveFloat = 75.0
+    # Open connections at most; past it a new one is answered 503 at once and closed.
+    max_connections: PositiveInt = 10_000
     # Read aiohttp's private request fields where this aiohttp version has them
     # (service.runtime.http.compat); false forces the public API everywhere.
     fast_path: bool = True
@@ -185,7 +189,10 @@ class DownstreamPolicy(Section):
 
     deadline_seconds: PositiveFloat = 2.0
     connect_timeout: PositiveFloat = 1.0
-    pool_size: PositiveInt = 100
+    # An asyncio service holds thousands of waiting calls for little memory:
+    # the connection pool and the bulkhead are sized for that, and alike, so a
+    # call that holds a bulkhead slot never waits again for a connection.
+    pool_size: PositiveInt = 1000
     max_response_bytes: PositiveInt = 1_048_576
     retry_attempts: Annotated[int, Field(ge=1, le=3)] = 3
     retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
@@ -194,7 +201,8 @@ class DownstreamPolicy(Section):
     retry_backoff_max_seconds: NonNegativeFloat = 0.25
     breaker_failures: PositiveInt = 5
     breaker_reset_seconds: PositiveFloat = 5.0
-    bulkhead: PositiveInt = 64
+    # Calls in flight at once; past it a call waits while its deadline allows a call.
+    bulkhead: PositiveInt = 1000
     cache_ttl_seconds: NonNegativeFloat = 30.0
     cache_size: PositiveInt = 10_000
 

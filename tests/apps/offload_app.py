@@ -9,10 +9,15 @@ Never shipped (it lives under tests/):
 * ``POST /test/block?seconds=S`` runs a job on the CPU executor that blocks
   for up to S seconds (a stand-in for a 120 s job without burning 120 s of CPU);
   ``POST /test/release`` ends every such job at once.
+* ``POST /test/thread?how=to_thread|executor&seconds=S`` runs the same
+  blocking job through ``asyncio.to_thread`` or ``loop.run_in_executor(None,
+  ...)``, the idioms that bypass ``Offload``, and answers the request id the
+  job saw.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import orjson
@@ -23,6 +28,7 @@ from service.domain.routes.hash import parse_request, read_json_body, scrypt_hex
 from service.runtime import log
 from service.runtime.keys import OFFLOAD
 from service.runtime.lifecycle import Service
+from service.runtime.requestid import request_id_var
 from tests.apps import serve_with
 
 _released = threading.Event()
@@ -47,6 +53,21 @@ async def block(request: web.Request) -> web.Response:
     return web.json_response({"released": released})
 
 
+def _block_and_tell(seconds: float) -> str | None:
+    _block(seconds)
+    return request_id_var.get()
+
+
+async def thread(request: web.Request) -> web.Response:
+    seconds = float(request.query.get("seconds", "0"))
+    if request.query.get("how") == "executor":
+        loop = asyncio.get_running_loop()
+        seen = await loop.run_in_executor(None, _block_and_tell, seconds)
+    else:
+        seen = await asyncio.to_thread(_block_and_tell, seconds)
+    return web.json_response({"request_id": seen})
+
+
 async def release(request: web.Request) -> web.Response:
     _released.set()
     return web.json_response({"released": True})
@@ -56,6 +77,7 @@ def add_routes(service: Service) -> None:
     service.app.router.add_post("/test/hash-inline", hash_inline)
     service.app.router.add_post("/test/block", block)
     service.app.router.add_post("/test/release", release)
+    service.app.router.add_post("/test/thread", thread)
 
 
 def main() -> int:

@@ -57,6 +57,15 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.state is State.OPEN
 
+    def refusing(self) -> bool:
+        """True while :meth:`allow` would refuse a call: open, or half-open with its probe out.
+
+        One clock read at most, no ticket: what a caller with many calls to
+        make asks once, instead of paying a refusal (an exception) per call.
+        """
+        state = self.state
+        return state is State.OPEN or (state is State.HALF_OPEN and self._probe_in_flight)
+
     def retry_after(self) -> float:
         """Seconds until the next probe may go through (0 unless open)."""
         if self.state is not State.OPEN:

@@ -4,7 +4,8 @@ A call is layered from the outside in:
 
 1. retry (idempotent calls only; :mod:`.retry`), each attempt then
 2. asks the circuit breaker (:mod:`.breaker`): refused at once while open,
-3. takes a bulkhead slot (:mod:`.bulkhead`),
+3. takes a bulkhead slot (:mod:`.bulkhead`), waiting for one while the
+   deadline leaves time for a call,
 4. sends the request with what is left of the deadline, as a timeout and as
    the ``X-Request-Deadline-Ms`` header, with the request's ``X-Request-ID``,
 5. reads at most ``max_response_bytes`` and parses JSON; anything unusable
@@ -12,7 +13,9 @@ A call is layered from the outside in:
 
 One ``aiohttp.ClientSession`` per downstream, with its own connection pool
 (aiohttp's default is one 100-connection pool for all hosts and a 300 s
-total timeout; neither fits a service with deadlines). Cancellation is never
+total timeout; neither fits a service with deadlines). The pool is sized
+like the bulkhead (``pool_size``), so a call that holds a slot never waits
+again for a connection. Cancellation is never
 swallowed: a cancelled call counts as "cancelled", frees its breaker ticket
 and bulkhead slot, and the exception goes on.
 """
@@ -95,6 +98,15 @@ class DownstreamClient:
         self._metrics.downstream_circuit_open.remove_function(self.name)
 
     # -- calls --------------------------------------------------------------
+    def refusing(self) -> bool:
+        """True while calls are refused at once, without trying (the circuit is open).
+
+        A caller with many calls to make (a pipeline batch) asks this once and
+        skips them, rather than raising and catching a ``CircuitOpen`` per call
+        at the very moment the service should stay fast.
+        """
+        return self.breaker.refusing()
+
     async def get_json(self, path: str, deadline: Deadline, what: str = "resource") -> Any:
         """``GET`` (idempotent, so retried under the policy and the budget)."""
         return await self.retry.run(
@@ -124,7 +136,7 @@ class DownstreamClient:
         start = time.perf_counter()
         outcome = "error"
         try:
-            async with self.bulkhead:
+            async with self.bulkhead.slot(deadline):
                 result = await self._send(method, path, deadline, body, what)
         except DownstreamNotFound:
             outcome = "ok"  # a healthy answer

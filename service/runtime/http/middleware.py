@@ -56,8 +56,9 @@ class ApiMiddleware:
     by tests' ``TestServer``); ``bind(handler)`` makes the same function with
     ``handler`` as its default, which ``service.runtime.http.server`` calls
     with the request alone: no ``functools.partial`` with a keyword per request.
-    Bound there, it also tells the connection when a request starts and ends
-    (the request-header deadline must not run while a request is handled).
+    Bound there, it also tells the connection which request it is handling,
+    until it is answered (the header deadline must not run meanwhile, the
+    body's may).
     """
 
     def __init__(
@@ -100,9 +101,9 @@ class ApiMiddleware:
             request: web.Request, handler: Handler | None = default
         ) -> web.StreamResponse:
             start = perf_counter()
-            if track_connection:  # the request-header deadline stops (http.server)
+            if track_connection:  # the header deadline stops, the body's may start (http.server)
                 protocol = request.protocol
-                protocol.in_request = True  # type: ignore[attr-defined]
+                protocol.request = request  # type: ignore[attr-defined]
                 protocol.header_since = 0  # type: ignore[attr-defined]
             headers = headers_of(request)
             rid = headers.get(_RID_KEY)
@@ -139,7 +140,7 @@ class ApiMiddleware:
                 return response
             finally:
                 if track_connection:
-                    protocol.in_request = False  # type: ignore[attr-defined]
+                    protocol.request = None  # type: ignore[attr-defined]
                 if status is not None:
                     record(
                         (

@@ -59,7 +59,7 @@ def problem_response(
 
 
 def problem_from_error(exc: ProblemError) -> web.Response:
-    return problem_response(
+    response = problem_response(
         exc.status,
         exc.detail,
         slug=exc.slug,
@@ -67,6 +67,11 @@ def problem_from_error(exc: ProblemError) -> web.Response:
         extra=exc.extra,
         headers=exc.headers,
     )
+    if exc.status == 408:
+        # RFC 9110 15.5.9: a 408 says the server closes the connection (the rest
+        # of a late body may still be on its way).
+        response.force_close()
+    return response
 
 
 def problem_from_http_exception(exc: web.HTTPException) -> web.StreamResponse:

@@ -53,6 +53,13 @@ class Metrics:
         self.http_header_timeouts = counter(
             "http_header_timeouts_total", "Connections closed for not sending headers in time."
         )
+        self.http_body_timeouts = counter(
+            "http_body_timeouts_total", "Requests answered 408 for not sending their body in time."
+        )
+        self.http_connections_rejected = counter(
+            "http_connections_rejected_total",
+            "Connections answered 503 and closed because http.max_connections were open.",
+        )
         # TCP (service.runtime.tcp)
         self.tcp_active = gauge("tcp_connections_active", "Open TCP client connections.")
         self.tcp_connections = counter(

@@ -159,3 +159,21 @@ async def test_half_open_sends_exactly_one_probe() -> None:
             assert client.breaker.state is State.CLOSED  # the probe succeeded
         finally:
             await client.close()
+
+
+def test_refusing_says_what_allow_would_do_without_taking_a_ticket() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=1, reset_seconds=5, clock=clock)
+    assert not breaker.refusing()
+    ticket = breaker.allow()
+    assert ticket is not None
+    breaker.record_failure(ticket)
+    assert breaker.refusing()
+    clock.now = 5.0
+    assert not breaker.refusing()  # half-open: a probe may go
+    assert not breaker.refusing()  # and asking did not take it
+    probe = breaker.allow()
+    assert probe is not None
+    assert breaker.refusing()  # the probe is out: everyone else is refused
+    breaker.record_success(probe)
+    assert not breaker.refusing()

@@ -143,17 +143,27 @@ async def test_slow_downstream_times_out_at_the_deadline() -> None:
 
 @pytest.mark.asyncio
 async def test_full_bulkhead_rejects_after_a_short_wait() -> None:
+    """A call waits for a slot only as long as its deadline leaves time for a typical call."""
     async with running_stub("users", latency_ms=300) as stub:
         client = await started_client("users", stub.url, bulkhead=2)
         try:
-            results = await asyncio.gather(
-                *(client.get_json("/users/u1", Deadline.after(2)) for _ in range(5)),
-                return_exceptions=True,
+            # Two calls teach the bulkhead that a call takes about 300 ms.
+            await asyncio.gather(
+                *(client.get_json("/users/u1", Deadline.after(2)) for _ in range(2))
             )
-            assert sum(isinstance(r, dict) for r in results) == 2
-            assert sum(isinstance(r, BulkheadFull) for r in results) == 3
-            assert stub.stats.requests == 2
-            assert client.stats()["rejected"] == 3
+            holding = [
+                asyncio.create_task(client.get_json("/users/u1", Deadline.after(2)))
+                for _ in range(2)
+            ]
+            await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            with pytest.raises(BulkheadFull):
+                # 450 ms left, 300 ms for the call: it may wait 150 ms, not longer.
+                await client.get_json("/users/u1", Deadline.after(0.45))
+            assert 0.1 < time.perf_counter() - started < 0.25
+            assert all(isinstance(r, dict) for r in await asyncio.gather(*holding))
+            assert stub.stats.requests == 4
+            assert client.stats()["rejected"] == 1
             assert not client.breaker.is_open()
         finally:
             await client.close()

@@ -18,7 +18,7 @@ import pytest
 from service.app import create_app
 from service.runtime import log
 from service.runtime.http import compat
-from service.runtime.http.server import HttpListener
+from service.runtime.http.listener import HttpListener
 from service.runtime.keys import HTTP_MIDDLEWARE, METRICS
 from service.runtime.metrics import CounterChild, GaugeChild
 from service.runtime.settings import LogSettings

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from service.app import create_app
-from service.runtime.http.server import HttpListener
+from service.runtime.http.listener import HttpListener
 from service.runtime.keys import HTTP_MIDDLEWARE
 from service.runtime.metrics import CounterChild, GaugeChild
 from tests.support.process import running_service, scrape

@@ -41,6 +41,12 @@ class FailingUsers:
             return {1: "not a JSON object key"}  # type: ignore[dict-item]
         return None if user_id == "ghost" else {"id": user_id}
 
+    def refusing(self) -> bool:
+        return False
+
+    def cached(self, user_id: str, default: Any) -> Any:
+        return default
+
 
 def settings(**overrides: Any) -> PipelineSettings:
     base: dict[str, Any] = {

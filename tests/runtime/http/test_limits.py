@@ -1,0 +1,215 @@
+"""Slow bodies are cut (408, then closed) and connections past the cap get a fast 503."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from service.app import create_app
+from service.runtime.http.listener import HttpListener
+from service.runtime.keys import HTTP_MIDDLEWARE
+from service.runtime.metrics import CounterChild, GaugeChild
+from tests.support.process import running_service, scrape
+from tests.support.settings import make_settings
+
+BODY_TIMEOUT = 0.5
+
+
+async def _upload(request: web.Request) -> web.Response:
+    return web.json_response({"size": len(await request.read())})
+
+
+@asynccontextmanager
+async def serving(**http: Any) -> AsyncIterator[tuple[int, CounterChild, CounterChild]]:
+    """The public app behind the service's server; its port and the two counters."""
+    settings = make_settings(http={"body_timeout": BODY_TIMEOUT, **http})
+    app = create_app(settings)
+    app.router.add_post("/upload", _upload)
+    body_timeouts, rejected = CounterChild(), CounterChild()
+    listener = HttpListener(
+        app,
+        settings.http,
+        header_timeouts=CounterChild(),
+        in_flight=GaugeChild(),
+        middleware=app[HTTP_MIDDLEWARE],
+        body_timeouts=body_timeouts,
+        connections_rejected=rejected,
+    )
+    addresses = await listener.start()
+    try:
+        yield addresses[0][1], body_timeouts, rejected
+    finally:
+        await listener.cleanup()
+
+
+async def _answer_then_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, bytes]:
+    """The response head and body, once the server has closed the connection."""
+    data = b""
+    try:
+        async with asyncio.timeout(limit):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except ConnectionError:
+        pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def _trickle(writer: asyncio.StreamWriter, every: float) -> None:
+    while not writer.is_closing():
+        await asyncio.sleep(every)
+        writer.write(b"x")
+
+
+@pytest.mark.asyncio
+async def test_a_trickled_body_is_answered_408_problem_json_then_closed() -> None:
+    async with serving() as (port, body_timeouts, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
+            b"X-Request-ID: slow-body\r\n\r\nxx"
+        )
+        trickler = asyncio.create_task(_trickle(writer, 0.05))
+        head, body = await _answer_then_closed(reader, 5)
+        took = time.monotonic() - started
+        trickler.cancel()
+        writer.close()
+    assert head.split(b" ", 2)[1] == b"408", head
+    assert b"application/problem+json" in head
+    assert b"connection: close" in head.lower()
+    doc = json.loads(body)
+    assert (doc["status"], doc["type"], doc["request_id"]) == (
+        408,
+        "urn:problem:request-timeout",
+        "slow-body",
+    )
+    assert BODY_TIMEOUT * 0.9 <= took < BODY_TIMEOUT + 1.0
+    assert body_timeouts.value == 1
+
+
+@pytest.mark.asyncio
+async def test_a_slow_body_within_the_deadline_is_read_whole() -> None:
+    async with serving(body_timeout=1.0) as (port, body_timeouts, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        for _ in range(5):  # 0.6 s in all: three header... and more than one sweep apart
+            await asyncio.sleep(0.12)
+            writer.write(b"b")
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert head.split(b" ", 2)[1] == b"200"
+    assert body_timeouts.value == 0
+
+
+@pytest.mark.asyncio
+async def test_connections_past_the_cap_get_a_fast_503_and_are_closed() -> None:
+    async with serving(max_connections=3) as (port, _, rejected):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for reader, writer in held:  # three keep-alive connections, each served
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1] == b"200"
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
+                doc = await resp.json(content_type=None)
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "1"
+                assert resp.headers["Content-Type"] == "application/problem+json"
+            assert time.monotonic() - started < 0.5
+            assert doc["status"] == 503
+            assert rejected.value == 1
+            # One connection goes: there is room for the next one again.
+            held[0][1].close()
+            await held[0][1].wait_closed()
+            await asyncio.sleep(0.05)
+            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
+                assert resp.status == 200
+        for _, writer in held[1:]:
+            writer.close()
+    assert rejected.value == 1
+
+
+# -- the service process: 300 trickling bodies --------------------------------
+
+TRICKLERS = 300
+
+
+async def _slow_bodies(port: int, timeout: float) -> tuple[list[tuple[float, bytes]], list[float]]:
+    """300 connections that send a head and 2 of 100 body bytes, then trickle; normal traffic."""
+    stop = asyncio.Event()
+
+    async def trickler() -> tuple[float, bytes]:
+        start = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n[{"
+        )
+        task = asyncio.create_task(_trickle(writer, 0.25))
+        try:
+            head, _ = await _answer_then_closed(reader, timeout + 10)
+            return time.monotonic() - start, head.split(b" ", 2)[1] if head else b""
+        finally:
+            task.cancel()
+            writer.close()
+
+    async def normal(session: aiohttp.ClientSession) -> list[float]:
+        latencies = []
+        while not stop.is_set() or not latencies:
+            start = time.monotonic()
+            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
+                assert resp.status == 200
+                await resp.read()
+            latencies.append(time.monotonic() - start)
+            await asyncio.sleep(0.05)
+        return latencies
+
+    async with aiohttp.ClientSession() as session:
+        normal_task = asyncio.create_task(normal(session))
+        closed = await asyncio.gather(*(trickler() for _ in range(TRICKLERS)))
+        stop.set()
+        latencies = await normal_task
+    return closed, latencies
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_300_trickling_bodies_are_closed_within_the_body_timeout_while_serving(
+    loop: str,
+) -> None:
+    timeout = 2.0
+    with running_service(
+        env={
+            "SERVICE_HTTP__BODY_TIMEOUT": str(timeout),
+            "SERVICE_LOOP__KIND": loop,
+            "SERVICE_LOG__ACCESS_LOG": "false",
+        }
+    ) as svc:
+        closed, latencies = asyncio.run(_slow_bodies(svc.ports["http"], timeout))
+        metrics = scrape(svc.url("/metrics", "admin"))
+        assert svc.stop() == 0
+    seconds = sorted(t for t, _ in closed)
+    print(
+        f"{TRICKLERS} trickling bodies closed after {seconds[0]:.2f}-{seconds[-1]:.2f} s "
+        f"(median {seconds[len(seconds) // 2]:.2f}); /v1/info meanwhile: max "
+        f"{max(latencies) * 1000:.0f} ms over {len(latencies)} requests"
+    )
+    assert len(closed) == TRICKLERS
+    assert {status for _, status in closed} == {b"408"}
+    assert seconds[-1] < timeout + 2, seconds[-5:]
+    assert seconds[0] >= timeout * 0.9
+    assert len(latencies) >= 5
+    assert max(latencies) < 1.0, max(latencies)
+    assert metrics["service_http_body_timeouts_total"] == TRICKLERS
+    assert metrics[
+        'service_http_requests_total{method="POST",route="/v1/events",status="408"}'
+    ] == (TRICKLERS)
