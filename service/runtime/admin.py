@@ -1,4 +1,4 @@
-"""The admin app: /metrics and /debug/tasks on their own listener.
+"""The admin app: /metrics (Prometheus text or OpenMetrics) and /debug/tasks on their own listener.
 
 Not for the public: it binds to loopback by default (``admin.host``) and is a
 separate ``web.Application``, so none of its routes exist on the public port.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from service.runtime.http.problem import errors_only
 from service.runtime.keys import METRICS, SETTINGS, STATE
@@ -18,9 +18,13 @@ from service.runtime.monitor import task_dump
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     app[METRICS].ready_child.set(1.0 if app[STATE].ready else 0.0)
+    # The OpenMetrics format when the scraper asks for it (Prometheus does when
+    # it stores exemplars): only it carries the request histogram's trace-id
+    # exemplars (tracing on); the classic text format otherwise.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     # Rendering runs on the loop on purpose: the fast metrics are loop-owned.
-    body = generate_latest(app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = encode(app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def debug_tasks(request: web.Request) -> web.Response:
