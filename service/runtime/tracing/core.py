@@ -166,10 +166,13 @@ class Tracing:
         ``producers`` are the items' acknowledgement times: :class:`Acked` ones
         carry a sampled producer's span context (plain floats, none).
         """
-        links: dict[SpanContext, Link] = {}
+        links: dict[tuple[int, int], Link] = {}  # by ids: a SpanContext's TraceState is unhashable
         for acked in producers:
-            if type(acked) is Acked and acked.span not in links:
-                links[acked.span] = Link(acked.span)
+            if type(acked) is Acked:
+                ctx = acked.span
+                key = (ctx.trace_id, ctx.span_id)
+                if key not in links:
+                    links[key] = Link(ctx)
         if not links:
             return None
         if len(links) > MAX_LINKS:
