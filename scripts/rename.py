@@ -91,6 +91,8 @@ def substitutions(new: str, python: bool) -> Subs:
             rf'\1 = ["{new}',
         ),
         (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
+        # The project's own extras (the dev extra includes "service[tracing]").
+        (re.compile(r'"service\[(\w+)\]"'), rf'"{new}[\1]"'),
         (
             re.compile(r"^\[tool\.setuptools\.package-data\]\nservice =", re.M),
             f"[tool.setuptools.package-data]\n{new} =",

@@ -61,7 +61,7 @@ def setup(
     except ImportError as exc:
         raise ConfigError(
             "tracing.enabled",
-            f"needs the tracing extra (pip install 'service[tracing]'): {exc.name} is missing",
+            f"needs the tracing extra (pip install '.[tracing]'): {exc.name} is missing",
         ) from None
     return Tracing(config, metrics, name=name, version=version)
 

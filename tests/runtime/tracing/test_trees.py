@@ -24,7 +24,9 @@ from service.runtime.downstream import Deadline, DownstreamError
 from service.runtime.keys import TRACING
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
+from service.runtime.offload import Offload
 from service.runtime.pipeline import Pipeline, Stage
+from service.runtime.settings import OffloadSettings
 from service.runtime.tcp import TcpServer
 from service.runtime.tracing import TraceConfig
 from service.runtime.tracing.core import Tracing
@@ -295,3 +297,37 @@ def test_tracing_off_adds_nothing_and_imports_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def _current_trace() -> tuple[str, str] | None:
+    """A job: the span context it runs in (module level, so a worker process can import it)."""
+    from opentelemetry.trace import get_current_span
+
+    ctx = get_current_span().get_span_context()
+    return (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}") if ctx.is_valid else None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["thread", "process"])
+async def test_executor_jobs_carry_the_span_context(spans: InMemorySpanExporter, kind: str) -> None:
+    tracing = Tracing(TraceConfig.from_env({}), Metrics(), name="t", version="0")
+    tracing.start()
+    offload = Offload(OffloadSettings(cpu_kind=kind, cpu_workers=1), Metrics(), tracing=tracing)
+    try:
+        root = tracing.start_root("work", SpanKind.INTERNAL, {})
+        token = tracing.activate(root)
+        try:
+            seen_io = await offload.run_io(_current_trace)
+            seen_cpu = await offload.run_cpu(_current_trace)
+        finally:
+            tracing.deactivate(token)
+            root.end()
+    finally:
+        await offload.close(5)
+    await tracing.close(2)
+    done = spans.get_finished_spans()
+    work = one(done, "work")
+    for name, seen in (("offload io", seen_io), ("offload cpu", seen_cpu)):
+        job = one(done, name)
+        assert hex_ids(job)[2] == hex_ids(work)[1]
+        assert seen == hex_ids(job)[:2], name  # the job ran inside its span
