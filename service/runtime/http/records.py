@@ -178,7 +178,7 @@ class RequestRecords:
             prefix = entry.log_prefix
             trace_ids = None
             if span is not None:
-                span.name = entry.span_name
+                span.name = span.name or entry.span_name  # a handler may have named it
                 span.start_ns = int(start * 1e9) + offset_ns
                 span.end_ns = int(end * 1e9) + offset_ns
                 if status >= 500:  # a server span's error (OpenTelemetry's HTTP conventions)
