@@ -18,6 +18,7 @@ runtime's parts ask it for their spans:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -229,6 +230,9 @@ class Tracing:
     def start(self) -> None:
         self.queue.start()
         set_trace_ids(context.current_ids)
+        # A malformed tracestate header is dropped (W3C says so) with a warning line
+        # per request from the API: log spam that any client can cause.
+        logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export everything queued now; blocks (tests, never the loop)."""
