@@ -18,6 +18,16 @@ on, one trace follows the work across the service:
 * pipeline: each stage batch and each sink write is a span linked to the
   spans that produced its events (``pipeline.engine``, ``pipeline.writer``).
 
+OpenTelemetry's own instrumentations are not used, for cost and behaviour:
+aiohttp-server's is a middleware of its own (a layer per request) that makes
+an SDK span for every request, sampled or not, while the runtime's middleware
+already times each request (its span is made from that record, in batches);
+aiohttp-client's sees single HTTP requests, not a call with its retries and
+the breaker's and bulkhead's refusals, and hooks aiohttp's trace signals
+into every request of a session; redis's puts every command of a pipelined
+batch into one statement attribute, where the sink writes thousands of
+events in one script call (the sink write is one span here, with links).
+
 The modules: :mod:`.config` (the ``OTEL_*`` variables, no OpenTelemetry
 import), :mod:`.w3c` (``traceparent``), :mod:`.spans` (the runtime's cheap
 recording span), :mod:`.export` (the export queue and its thread),

@@ -73,10 +73,13 @@ async def test_summary_is_one_trace_with_both_calls_in_parallel_under_the_reques
         traced_app(users, orders) as client,
     ):
         users.knobs.latency_ms = 50
-        resp = await client.get("/v1/users/u42/summary", headers={"traceparent": CALLER})
+        resp = await client.get(
+            "/v1/users/u42/summary", headers={"traceparent": CALLER, "tracestate": "vendor=abc"}
+        )
         assert resp.status == 200
     done = spans.get_finished_spans()
     server = one(done, "GET /v1/users/{user_id}/summary")
+    assert all(s.context.trace_state.get("vendor") == "abc" for s in done)  # type: ignore[union-attr]
     assert server.kind is SpanKind.SERVER
     trace_id, server_id, parent = hex_ids(server)
     assert (trace_id, parent) == (CALLER_TRACE, CALLER_SPAN)
