@@ -20,7 +20,7 @@ COPY pyproject.toml README.md ./
 COPY service/ ./service/
 # With the tracing extra (OpenTelemetry SDK and OTLP exporter): tracing stays
 # off until SERVICE_TRACING__ENABLED=true, and then needs no rebuild.
-RUN pip --python /opt/venv/bin/python install --no-cache-dir ".[tracing]"
+RUN pip --python /opt/venv/bin/python install --no-cache-dir "./[tracing]"
 
 # --- final: the venv, a non-root user, nothing else ---
 FROM ${PYTHON_IMAGE}
