@@ -33,13 +33,15 @@ RUN python uv_requirement.py uv.lock > uv-requirement.txt \
 # keeps uv's downloads between builds without putting them into a layer.
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-install-project
+    uv sync --locked --no-dev --no-install-project --extra tracing
 # Then the project itself, installed as a package (not editable), built by the
 # uv_build backend inside uv: nothing outside the lock is downloaded.
 COPY README.md ./
 COPY service/ ./service/
+# With the tracing extra (OpenTelemetry SDK and OTLP exporter): tracing stays
+# off until SERVICE_TRACING__ENABLED=true, and then needs no rebuild.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-editable
+    uv sync --locked --no-dev --no-editable --extra tracing
 
 # --- final: the venv, a non-root user, nothing else ---
 FROM ${PYTHON_IMAGE}

@@ -95,6 +95,8 @@ def substitutions(new: str, python: bool) -> Subs:
         ),
         (re.compile(r'^name = "service"', re.M), f'name = "{new}"'),
         (re.compile(r'^module-name = "service"', re.M), f'module-name = "{new}"'),
+        # The project's own extras (the dev extra includes "service[tracing]").
+        (re.compile(r'"service\[(\w+)\]"'), rf'"{new}[\1]"'),
         # Metric prefix and identifiers: service_http_requests_total, service_env
         # (not compose's "condition: service_healthy", a keyword of the format).
         (re.compile(r"\bservice_(?=[A-Za-z])(?!healthy\b|started\b|completed_)"), f"{new}_"),

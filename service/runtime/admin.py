@@ -1,4 +1,4 @@
-"""The admin app: /metrics and /debug/tasks, served from a thread of their own.
+"""The admin app: /metrics (Prometheus text or OpenMetrics) and /debug/tasks, on their own thread.
 
 Not for the public: it binds to loopback by default (``admin.host``) and is a
 separate ``web.Application``, so none of its routes exist on the public port.
@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from service.runtime.http.problem import errors_only, problem_response
 from service.runtime.keys import METRICS, SETTINGS, STATE
@@ -69,8 +69,12 @@ async def metrics(request: web.Request) -> web.Response:
     # Not waited for long when the loop is busy or stalled (or closed): the rest is read here.
     with contextlib.suppress(TimeoutError, RuntimeError):
         await on_service_loop(app, lambda: _settle(app[METRICS]), SETTLE_WAIT)
-    body = generate_latest(app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # The OpenMetrics format when the scraper asks for it (Prometheus does when
+    # it stores exemplars): only it carries the request histogram's trace-id
+    # exemplars (tracing on); the classic text format otherwise.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def debug_tasks(request: web.Request) -> web.Response:

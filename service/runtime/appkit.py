@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from service.runtime import tracing as tracing_setup
 from service.runtime.config import RuntimeSettings
 from service.runtime.downstream.registry import ClientFactory, open_downstreams
 from service.runtime.http import compat, health
@@ -39,6 +40,7 @@ from service.runtime.keys import (
     SINK,
     STATE,
     TCP_SERVER,
+    TRACING,
 )
 from service.runtime.log.access import AccessLog
 from service.runtime.metrics import Metrics
@@ -63,11 +65,20 @@ class AppFactory(Protocol):
 def api_app(
     settings: RuntimeSettings, *, metrics: Metrics, state: ServiceState, name: str, version: str
 ) -> web.Application:
-    """The public app: API middleware, ``/livez``, ``/readyz``, ``/v1/info``, monitor, executors."""
+    """The public app: API middleware, ``/livez``, ``/readyz``, ``/v1/info``, monitor, executors.
+
+    With ``tracing.enabled``, also tracing (``app[TRACING]``): the middleware is
+    built traced and the resources below are given it.
+    """
+    tracing = tracing_setup.setup(settings.tracing, metrics, name=name, version=version)
     access_log = AccessLog(settings.log)
-    records = RequestRecords(metrics, access_log)
+    records = RequestRecords(metrics, access_log, tracing)
     middleware = ApiMiddleware(
-        records, state, metrics.http_in_flight.labels(), compat.detect(settings.http.fast_path)
+        records,
+        state,
+        metrics.http_in_flight.labels(),
+        compat.detect(settings.http.fast_path),
+        tracing=tracing,
     )
     app = web.Application(
         middlewares=[middleware.middleware],
@@ -84,10 +95,26 @@ def api_app(
         records.claim()  # the thread serving this app settles its records
 
     app.on_startup.append(claim)
+    if tracing is not None:
+        app[TRACING] = tracing
+        # First, so it closes last: after every resource that makes spans.
+        app.cleanup_ctx.append(_tracing(records))
     app.cleanup_ctx.append(_monitoring)
     app.cleanup_ctx.append(_offload)
     health.setup(app, state, name=name, version=version)
     return app
+
+
+def _tracing(records: RequestRecords) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tracing = app[TRACING]
+        tracing.start()
+        yield
+        records.settle()  # the last requests' spans, before the queue closes
+        # Bounded like the executors' close; a dead collector costs this much at most.
+        await tracing.close(app[SETTINGS].shutdown.cancel_seconds / 2)
+
+    return ctx
 
 
 async def _monitoring(app: web.Application) -> AsyncIterator[None]:
@@ -100,7 +127,7 @@ async def _offload(app: web.Application) -> AsyncIterator[None]:
     # Closed after everything that submits jobs; running jobs get half of the
     # step-5 budget, then they are abandoned (counted in the summary line).
     s = app[SETTINGS]
-    offload = Offload(s.offload, app[METRICS], log_settings=s.log)
+    offload = Offload(s.offload, app[METRICS], log_settings=s.log, tracing=app.get(TRACING))
     offload.serve_as_default()  # run_in_executor(None, ...) and to_thread run on offload.io
     app[OFFLOAD] = offload
     app[STATE].summaries.append(offload.summary)
@@ -112,7 +139,9 @@ def downstreams(declared: Mapping[str, ClientFactory] | None = None) -> CleanupC
     """One client session per ``[downstream.services]`` entry, closed after the pipeline drained."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_downstreams(app[SETTINGS].downstream, app[METRICS], declared) as found:
+        async with open_downstreams(
+            app[SETTINGS].downstream, app[METRICS], declared, tracing=app.get(TRACING)
+        ) as found:
             app[DOWNSTREAMS] = found
             yield
 
@@ -132,7 +161,9 @@ def pipeline(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         s = app[SETTINGS]
         sink = app.get(SINK) or make_sink(s.pipeline, executor=app[OFFLOAD].io)
-        async with Pipeline(s.pipeline, app[METRICS], stages(app), sink, encode) as running:
+        async with Pipeline(
+            s.pipeline, app[METRICS], stages(app), sink, encode, tracing=app.get(TRACING)
+        ) as running:
             app[PIPELINE] = running
             app[STATE].drains.append(running)
             app[STATE].checks.append(lambda: running.healthy)
@@ -147,7 +178,13 @@ def tcp_server(handler: Callable[[web.Application], LineHandler]) -> CleanupCtx:
     """The TCP server with the line handler ``handler(app)`` makes; a listener of the lifecycle."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        server = TcpServer(app[SETTINGS].tcp, app[METRICS], handler(app), app[STATE].watch)
+        server = TcpServer(
+            app[SETTINGS].tcp,
+            app[METRICS],
+            handler(app),
+            app[STATE].watch,
+            tracing=app.get(TRACING),
+        )
         app[TCP_SERVER] = server
         app[STATE].listeners.append(server)
         yield

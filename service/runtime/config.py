@@ -32,6 +32,7 @@ from service.runtime.settings import (
     PipelineSettings,
     ShutdownSettings,
     TcpSettings,
+    TracingSettings,
 )
 
 ENV_PREFIX = "SERVICE_"
@@ -68,6 +69,7 @@ class RuntimeSettings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     downstream: DownstreamSettings = DownstreamSettings()
     offload: OffloadSettings = OffloadSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -3,9 +3,9 @@
 :class:`TrackedThreadPool` hands every job submitted from the event loop to a
 ``track`` callback (the :class:`~service.runtime.offload.Offload` that owns
 it), with the submitter's context and a run-time measurement; a process job
-(:func:`run_in_process`) carries the request id and structlog's bound values
-across, since a ``Context`` cannot be pickled. CPU workers run at a lower
-scheduling priority than the event loop's thread.
+(:func:`run_in_process`) carries the request id, structlog's bound values and
+the span context (tracing on) across, since a ``Context`` cannot be pickled.
+CPU workers run at a lower scheduling priority than the event loop's thread.
 """
 
 from __future__ import annotations
@@ -62,16 +62,27 @@ def timed(
 
 
 def run_in_process(
-    request_id: str | None, bound: dict[str, Any], fn: Callable[..., Any], args: tuple[Any, ...]
+    request_id: str | None,
+    bound: dict[str, Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    traceparent: str | None = None,
 ) -> Outcome:
-    """A process job. A Context cannot be pickled, so the request id and
-    structlog's bound values are sent along and set here; the run time comes
-    back with the result (no raise, so it is known for failures too)."""
+    """A process job. A Context cannot be pickled, so the request id,
+    structlog's bound values and (tracing on) the span context are sent along
+    and set here; the run time comes back with the result (no raise, so it is
+    known for failures too)."""
     request_id_var.set(request_id)
     structlog.contextvars.bind_contextvars(**bound)
+    carried: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if traceparent is not None:
+        from service.runtime.tracing.context import carried as carried_span
+
+        carried = carried_span(traceparent)
     start = time.perf_counter()
     try:
-        value = fn(*args)
+        with carried:
+            value = fn(*args)
     except Exception as exc:
         return time.perf_counter() - start, False, exc
     finally:

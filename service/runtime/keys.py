@@ -6,6 +6,8 @@ of its own keeps them in its own ``keys`` module.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from service.runtime.config import RuntimeSettings
@@ -18,6 +20,9 @@ from service.runtime.pipeline.engine import Pipeline
 from service.runtime.pipeline.sinks import Sink
 from service.runtime.state import ServiceState
 from service.runtime.tcp import TcpServer
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 SETTINGS = web.AppKey("settings", RuntimeSettings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -32,3 +37,5 @@ SINK: web.AppKey[Sink] = web.AppKey("sink")
 # The one middleware (service.runtime.http.middleware); the HTTP listener hoists it to the
 # server (service.runtime.http.server) to save aiohttp's per-request middleware layers.
 HTTP_MIDDLEWARE = web.AppKey("http_middleware", ApiMiddleware)
+# Set only while tracing is on (service.runtime.tracing): what a handler's own spans come from.
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing")

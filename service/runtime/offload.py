@@ -17,8 +17,9 @@ CPU workers run at a lower scheduling priority (nice +10), so on a
 saturated machine the loop thread still wakes on time and the workers take
 the CPU that is left.
 
-Context variables (the request id, structlog's bound values) travel with
-each job, so its log lines carry the request id. A job's slot is held until
+Context variables (the request id, structlog's bound values, the current
+span with tracing on) travel with each job, so its log lines carry the
+request id (and the trace id). A job's slot is held until
 the job really ends: when the awaiting request is cancelled, a queued job is
 cancelled and a running one finishes with its result discarded.
 
@@ -51,7 +52,7 @@ import math
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, TypeVar, TypeVarTuple, Unpack, cast
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, cast
 
 import structlog
 
@@ -69,6 +70,9 @@ from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
 from service.runtime.requestid import request_id_var
 from service.runtime.settings import LogSettings, OffloadSettings
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 log = get_logger("service.offload")
 
@@ -136,8 +140,11 @@ class Offload:
         metrics: Metrics,
         *,
         log_settings: LogSettings | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        # On: each run_io / run_cpu job is a span, current in the job.
+        self._tracing = tracing
         self.io = TrackedThreadPool(settings.io_workers, "io")
         self.cpu: Executor
         if settings.cpu_kind == "process":
@@ -171,11 +178,24 @@ class Offload:
 
     async def run_io(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run blocking I/O in the I/O thread pool."""
+        if self._tracing is not None:
+            return await self._traced(self._io, fn, args)
         return await self._run(self._io, fn, args)
 
     async def run_cpu(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Run CPU-heavy work in the CPU executor, or raise ``ExecutorBusy`` at once if full."""
+        if self._tracing is not None:
+            return await self._traced(self._cpu, fn, args)
         return await self._run(self._cpu, fn, args)
+
+    async def _traced(self, pool: _Pool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """:meth:`_run` in a span (from the wait for a worker to the result), current in the job."""
+        assert self._tracing is not None
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        with self._tracing.tracer.start_as_current_span(
+            f"offload {pool.name}", attributes={"code.function": name}
+        ):
+            return await self._run(pool, fn, args)
 
     async def _run(self, pool: _Pool, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self.closed:
@@ -190,7 +210,12 @@ class Offload:
             # started; a running job finishes and _job_done frees its slot.
             return await asyncio.wrap_future(pool.executor.submit(fn, *args), loop=loop)
         job: Future[Outcome] = pool.executor.submit(
-            run_in_process, request_id_var.get(), structlog.contextvars.get_contextvars(), fn, args
+            run_in_process,
+            request_id_var.get(),
+            structlog.contextvars.get_contextvars(),
+            fn,
+            args,
+            None if self._tracing is None else self._tracing.carrier(),
         )
         self._track(pool, loop, job, Timing())
         _, ok, value = await asyncio.wrap_future(job, loop=loop)

@@ -235,6 +235,12 @@ class DownstreamSettings(DownstreamPolicy):
         return DownstreamService(**{**shared, **entry.model_dump(include=entry.model_fields_set)})
 
 
+class TracingSettings(Section):
+    # OpenTelemetry tracing (service.runtime.tracing), off by default; the
+    # exporter, sampler and batching come from the standard OTEL_* variables.
+    enabled: bool = False
+
+
 class OffloadSettings(Section):
     io_workers: PositiveInt = 8
     cpu_kind: Literal["thread", "process"] = "thread"
@@ -258,4 +264,5 @@ __all__ = [
     "ShutdownSettings",
     "StageSettings",
     "TcpSettings",
+    "TracingSettings",
 ]

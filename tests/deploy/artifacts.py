@@ -119,8 +119,13 @@ def settings_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> S
         monkeypatch.delenv(key)
     for key, value in env.items():
         if key.startswith("SERVICE_"):
-            monkeypatch.setenv(key, str(value))
+            monkeypatch.setenv(key, interpolated(str(value)))
     return load_settings(ROOT / "config" / "default.toml")
+
+
+def interpolated(value: str) -> str:
+    """A compose value with ``${NAME:-default}`` as compose reads it in an empty environment."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
 
 
 PROMQL_WORDS = {

@@ -29,6 +29,7 @@ from tests.deploy.artifacts import (
     settings_with_env,
     shutdown_budget,
 )
+from tests.support.process import ROOT
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
@@ -121,3 +122,41 @@ def test_compose_images_are_pinned_to_exact_releases() -> None:
     assert {"redis", "prometheus", "grafana"} <= set(images)
     for name, image in images.items():
         assert exact.fullmatch(image), f"{name}: {image} is not an exact release"
+
+
+def test_compose_tracing_profile_collects_the_services_spans_into_jaeger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    collector, jaeger, app = services["otel-collector"], services["jaeger"], services[DNS_NAME]
+    assert collector["profiles"] == ["tracing"]
+    assert jaeger["profiles"] == ["tracing"]
+    # Optional: nothing outside the profile waits for it.
+    for name, svc in services.items():
+        if "tracing" not in svc.get("profiles", []):
+            assert not {"otel-collector", "jaeger"} & set(svc.get("depends_on", {})), name
+    # Tracing stays off unless asked for; the endpoint is the collector's OTLP/HTTP port.
+    env = app["environment"]
+    settings = settings_with_env(monkeypatch, {**dockerfile_env(final_stage()), **env})
+    assert settings.tracing.enabled is False
+    url = urllib.parse.urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert (url.hostname, str(url.port)) == ("otel-collector", "4318")
+    assert "4318" in collector["expose"]
+    # The collector's config: OTLP in on that port, out to Jaeger's OTLP gRPC port.
+    config_mount = next(v for v in collector["volumes"] if "otel-collector" in v)
+    config = yaml.safe_load((ROOT / config_mount.split(":")[0]).read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    [pipeline] = config["service"]["pipelines"].values()
+    [exporter] = pipeline["exporters"]
+    assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    assert "4317" in jaeger["expose"]
+    # Grafana knows Jaeger, and Prometheus keeps the exemplars that point into it.
+    [source] = yaml.safe_load(
+        (ROOT / "config/grafana/provisioning/datasources/jaeger.yml").read_text()
+    )["datasources"]
+    assert (source["type"], source["url"]) == ("jaeger", "http://jaeger:16686")
+    [prom] = yaml.safe_load(
+        (ROOT / "config/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert prom["jsonData"]["exemplarTraceIdDestinations"][0]["datasourceUid"] == source["uid"]
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]

@@ -6,6 +6,7 @@ import kubernetes_validate
 import pytest
 
 from service.cli import build_parser
+from service.runtime.tracing import TraceConfig
 from tests.deploy.artifacts import (
     DNS_1123_LABEL,
     SHUTDOWN_MARGIN,
@@ -74,3 +75,12 @@ def test_k8s_deployment_probes_security_and_grace(monkeypatch: pytest.MonkeyPatc
     assert k8s_kind("PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
     target = k8s_kind("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+
+def test_k8s_configmap_tracing_variables_are_valid() -> None:
+    data = k8s_kind("ConfigMap")["data"]
+    assert data["SERVICE_TRACING__ENABLED"] == "false"
+    otel = {key: value for key, value in data.items() if key.startswith("OTEL_")}
+    config = TraceConfig.from_env(otel)  # what the service reads when tracing is on
+    assert (config.sampling.parent_based, config.sampling.ratio) == (True, 0.1)
+    assert (config.protocol, config.max_queue) == ("http/protobuf", 2048)

@@ -11,6 +11,16 @@ A call is layered from the outside in:
 5. reads at most ``max_response_bytes`` and parses JSON; anything unusable
    becomes :class:`BadResponse` (a 502 upstream), never an unexpected error.
 
+With tracing on (``service.runtime.tracing``; the registry sets
+:attr:`DownstreamClient.tracing`) a call is a client span, each attempt a
+child span whose context goes downstream as ``traceparent``; circuit-breaker
+and bulkhead refusals are events on the call's span, and a call cancelled by
+its caller (the summary's sibling 404) ends with ``downstream.outcome =
+cancelled``. These spans are written here rather than by OpenTelemetry's
+aiohttp-client instrumentation: that one sees single HTTP requests (not the
+call, its retries, or why the breaker refused) and adds aiohttp's trace
+signals to every request of the session.
+
 One ``aiohttp.ClientSession`` per downstream, with its own connection pool
 (aiohttp's default is one 100-connection pool for all hosts and a 300 s
 total timeout; neither fits a service with deadlines). The pool is sized
@@ -24,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -42,16 +52,25 @@ from service.runtime.downstream.errors import (
     DownstreamUnavailable,
 )
 from service.runtime.downstream.retry import RetryBudget, RetryPolicy
+from service.runtime.downstream.traced import traced_call
 from service.runtime.http.compat import disable_connection_resend
 from service.runtime.metrics import Metrics
 from service.runtime.requestid import REQUEST_ID_HEADER, request_id_var
 from service.runtime.settings import DownstreamService
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from service.runtime.tracing.core import Tracing
 
 _OUTCOMES = ("ok", "error", "timeout", "cancelled", "rejected")
 
 
 class DownstreamClient:
     """The resilient JSON-over-HTTP client of one named downstream."""
+
+    # Set by the registry while tracing is on: calls and attempts are then spans.
+    tracing: Tracing | None = None
 
     def __init__(self, name: str, settings: DownstreamService, metrics: Metrics) -> None:
         self.name = name
@@ -109,6 +128,21 @@ class DownstreamClient:
 
     async def get_json(self, path: str, deadline: Deadline, what: str = "resource") -> Any:
         """``GET`` (idempotent, so retried under the policy and the budget)."""
+        if self.tracing is not None:
+            tries = 0
+
+            def attempt() -> Awaitable[Any]:
+                nonlocal tries
+                tries += 1
+                return self.attempt("GET", path, deadline, what=what, resend_count=tries - 1)
+
+            return await traced_call(
+                self.tracing,
+                self.name,
+                "GET",
+                self.base_url + path,
+                lambda: self.retry.run(attempt, deadline),
+            )
         return await self.retry.run(
             lambda: self.attempt("GET", path, deadline, what=what), deadline
         )
@@ -117,6 +151,14 @@ class DownstreamClient:
         self, path: str, body: Any, deadline: Deadline, what: str = "resource"
     ) -> Any:
         """``POST``: not idempotent, so exactly one attempt whatever happens."""
+        if self.tracing is not None:
+            return await traced_call(
+                self.tracing,
+                self.name,
+                "POST",
+                self.base_url + path,
+                lambda: self.attempt("POST", path, deadline, body=body, what=what),
+            )
         return await self.attempt("POST", path, deadline, body=body, what=what)
 
     async def attempt(
@@ -127,24 +169,32 @@ class DownstreamClient:
         *,
         body: Any = None,
         what: str = "resource",
+        resend_count: int = 0,
     ) -> Any:
-        """One try: breaker, bulkhead, request, metrics."""
+        """One try: breaker, bulkhead, request, metrics (and its span, tracing on)."""
         ticket = self.breaker.allow()
         if ticket is None:
             self._outcomes["rejected"].value += 1
+            if self.tracing is not None:
+                self.tracing.event("circuit breaker open", self.name, self.breaker.retry_after())
             raise CircuitOpen(self.name, self.breaker.retry_after())
+        span = None
+        if self.tracing is not None:
+            span = self.tracing.attempt_span(method, self.base_url + path, resend_count)
         start = time.perf_counter()
         outcome = "error"
         try:
             async with self.bulkhead.slot(deadline):
-                result = await self._send(method, path, deadline, body, what)
+                result = await self._send(method, path, deadline, body, what, span)
         except DownstreamNotFound:
             outcome = "ok"  # a healthy answer
             self.breaker.record_success(ticket)
             raise
-        except DownstreamUnavailable:
+        except DownstreamUnavailable as exc:
             outcome = "rejected"
             self.breaker.record_neutral(ticket)
+            if self.tracing is not None:
+                self.tracing.event(exc.reason, self.name, exc.retry_after)
             raise
         except DownstreamTimeout:
             outcome = "timeout"
@@ -169,8 +219,21 @@ class DownstreamClient:
             self._outcomes[outcome].value += 1
             if outcome != "rejected":
                 self._duration.observe(time.perf_counter() - start)
+            if span is not None:
+                span.set_attribute("downstream.outcome", outcome)
+                if outcome in ("error", "timeout"):
+                    self.tracing.fail(span, outcome)  # type: ignore[union-attr]
+                span.end()
 
-    async def _send(self, method: str, path: str, deadline: Deadline, body: Any, what: str) -> Any:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        body: Any,
+        what: str,
+        span: Span | None = None,
+    ) -> Any:
         session = self._session
         if session is None:
             raise RuntimeError(f"downstream {self.name} used before start() or after close()")
@@ -181,6 +244,8 @@ class DownstreamClient:
         rid = request_id_var.get()
         if rid is not None:
             headers[REQUEST_ID_HEADER] = rid
+        if span is not None:
+            self.tracing.inject(span, headers)  # type: ignore[union-attr]  # traceparent
         timeout = aiohttp.ClientTimeout(
             total=remaining, sock_connect=min(self.settings.connect_timeout, remaining)
         )
@@ -194,6 +259,8 @@ class DownstreamClient:
                     method, self.base_url + path, data=data, headers=headers, timeout=timeout
                 ) as resp,
             ):
+                if span is not None:
+                    span.set_attribute("http.response.status_code", resp.status)
                 payload = await self._read_capped(resp)
                 return self._decode(resp.status, payload, what)
         except TimeoutError:  # ours, or aiohttp's (its timeouts subclass TimeoutError)

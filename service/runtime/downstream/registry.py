@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from service.runtime.downstream.client import DownstreamClient
 from service.runtime.metrics import Metrics
 from service.runtime.settings import DownstreamService, DownstreamSettings
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 C = TypeVar("C", bound=DownstreamClient)
 ClientFactory = Callable[[str, DownstreamService, Metrics], DownstreamClient]
@@ -50,10 +53,13 @@ async def open_downstreams(
     settings: DownstreamSettings,
     metrics: Metrics,
     declared: Mapping[str, ClientFactory] | None = None,
+    *,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Downstreams]:
     """Start a client per configured entry (``declared`` ones of their class), close at the end.
 
     A declared name without an entry (no URL) is a configuration error.
+    ``tracing`` (when on) is given to every client.
     """
     declared = declared or {}
     metrics.register_task_group("downstream")
@@ -64,6 +70,7 @@ async def open_downstreams(
     }
     async with contextlib.AsyncExitStack() as stack:
         for client in clients.values():
+            client.tracing = tracing
             await client.start()
             stack.push_async_callback(client.close)
         yield Downstreams(clients)

@@ -12,13 +12,21 @@ hot in the CPU caches, a request's own path stays short.
 Only the thread whose loop serves the app settles (:meth:`claim` at
 start-up), so a scrape or a flush from another thread cannot race the
 request path.
+
+With tracing on, a record also carries the request's span (None when not
+sampled), and the same batch finishes the sampled spans for the export
+queue, puts their trace and span ids in the access lines and keeps a
+trace-id exemplar per histogram bucket: a sampled request costs the loop
+about a microsecond more here, and its span's export runs in the exporter's
+thread (``service.runtime.tracing``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp.web_urldispatcher import AbstractRoute
 
@@ -27,6 +35,10 @@ from service.runtime.ids import IdSequence
 from service.runtime.log import sink
 from service.runtime.log.access import AccessEntry, AccessLog, access_prefix, render_access
 from service.runtime.metrics import CounterChild, HistogramChild, Metrics
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
+    from service.runtime.tracing.spans import LightSpan
 
 _KNOWN_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -40,12 +52,14 @@ _MAX_ROUTE_KEYS = 1024
 # Small values only: holding each request's parsed message (its headers, URL...)
 # until the settle measured about 3% slower.
 Record = tuple[float, float, Described, "str | None", int, str]
+# With tracing on: the same, then the request's span when it is sampled.
+TracedRecord = tuple[float, float, Described, "str | None", int, str, "LightSpan | None"]
 
 
 class _RouteStatus:
     """The metric children and the access-line prefix of one (method, route, status)."""
 
-    __slots__ = ("counter", "duration", "log_prefix", "method", "route")
+    __slots__ = ("counter", "duration", "log_prefix", "method", "route", "span_name")
 
     def __init__(self, metrics: Metrics, method: str, route: str, status: int) -> None:
         self.method = method
@@ -53,13 +67,19 @@ class _RouteStatus:
         self.counter: CounterChild = metrics.http_requests.labels(method, route, str(status))
         self.duration: HistogramChild = metrics.http_duration.labels(method, route)
         self.log_prefix = access_prefix(method, route, status)
+        # The server span's name (OpenTelemetry's HTTP conventions: method and route).
+        self.span_name = f"{method} {route}" if route != "unmatched" else method
 
 
 class RequestRecords:
     """The records of answered requests, and the request ids made ahead for new ones."""
 
-    def __init__(self, metrics: Metrics, access_log: AccessLog) -> None:
+    def __init__(
+        self, metrics: Metrics, access_log: AccessLog, tracing: Tracing | None = None
+    ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
+        self._fold = self._count if tracing is None else self._count_traced
         self._access_log = access_log
         self._stats: dict[tuple[str, AbstractRoute | None, int], _RouteStatus] = {}
         self.records: list[Record] = []
@@ -98,6 +118,10 @@ class RequestRecords:
             return
         batch = records[:]
         records.clear()  # the same list: the request path holds its bound append
+        self._fold(batch)
+        self.ids.top_up()
+
+    def _count(self, batch: list[Record]) -> None:
         stats = self._stats
         route_status = self._route_status
         access = self._access_log
@@ -124,7 +148,77 @@ class RequestRecords:
                     line((end, rid, entry.log_prefix, path, duration, peer, agent))
         if lines:
             sink().write_line(render_access(lines))
-        self.ids.top_up()
+
+    def _count_traced(self, batch: list[Record]) -> None:
+        """:meth:`_count`, and the sampled requests' spans (see the module docstring)."""
+        tracing = self._tracing
+        assert tracing is not None
+        resource, scope = tracing.resource, tracing.scope
+        # Records hold perf_counter() readings: these turn them into Unix time.
+        offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
+        wall_offset = time.time() - time.perf_counter()
+        stats = self._stats
+        route_status = self._route_status
+        access = self._access_log
+        log_all = access.enabled and access.sample >= 1.0
+        log_some = access.enabled and not log_all
+        lines: list[AccessEntry] = []
+        line = lines.append
+        spans = []
+        for start, end, (method, path, route, peer), agent, status, rid, span in cast(
+            list[TracedRecord], batch
+        ):
+            duration = end - start
+            entry = stats.get((method, route, status)) or route_status(method, route, status)
+            entry.counter.value += 1
+            hist = entry.duration
+            bucket = bisect_left(hist.bounds, duration)
+            hist.counts[bucket] += 1
+            hist.sum += duration
+            prefix = entry.log_prefix
+            trace_ids = None
+            if span is not None:
+                span.name = span.name or entry.span_name  # a handler may have named it
+                span.start_ns = int(start * 1e9) + offset_ns
+                span.end_ns = int(end * 1e9) + offset_ns
+                if status >= 500:  # a server span's error (OpenTelemetry's HTTP conventions)
+                    span.fail(f"HTTP {status}")
+                spans.append(
+                    span.readable(
+                        resource,
+                        scope,
+                        {
+                            "http.request.method": entry.method,
+                            "http.route": entry.route,
+                            "http.response.status_code": status,
+                            "url.path": path,
+                            "request_id": rid,
+                        },
+                    )
+                )
+                ctx = span.get_span_context()
+                trace_ids = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+                hist.exemplar(bucket, trace_ids[0], duration, end + wall_offset)
+                prefix = f'{prefix}"trace_id":"{trace_ids[0]}","span_id":"{trace_ids[1]}",'
+            if log_all or (log_some and access.sampled(status, duration)):
+                if access.console:
+                    access.write(
+                        entry.method,
+                        entry.route,
+                        path,
+                        status,
+                        duration,
+                        rid,
+                        _host(peer),
+                        agent,
+                        trace_ids=trace_ids,
+                    )
+                else:
+                    line((end, rid, prefix, path, duration, peer, agent))
+        if lines:
+            sink().write_line(render_access(lines))
+        if spans:
+            tracing.submit(spans)
 
 
 def _host(peer: Any) -> str | None:

@@ -6,7 +6,15 @@
 * :mod:`.timestamps`: the timestamp text, made once per millisecond.
 """
 
-from service.runtime.log.setup import configure, get_logger, use_console
+from service.runtime.log.setup import configure, get_logger, set_trace_ids, use_console
 from service.runtime.log.writer import LogSink, flushing, sink
 
-__all__ = ["LogSink", "configure", "flushing", "get_logger", "sink", "use_console"]
+__all__ = [
+    "LogSink",
+    "configure",
+    "flushing",
+    "get_logger",
+    "set_trace_ids",
+    "sink",
+    "use_console",
+]

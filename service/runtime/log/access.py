@@ -23,7 +23,8 @@ from service.runtime.settings import LogSettings
 _sink = sink()
 
 # An access entry: (perf_counter at the end, request id, access_prefix(method,
-# route, status), raw path, duration in seconds, peer address, user agent).
+# route, status) (then, with tracing on, the "trace_id" and "span_id" fields,
+# rendered the same way), raw path, duration in seconds, peer address, user agent).
 AccessEntry = tuple[float, str, str, str, float, Any, "str | None"]
 
 _dumps = orjson.dumps
@@ -120,11 +121,14 @@ class AccessLog:
         request_id: str,
         remote: str | None,
         user_agent: str | None,
+        *,
+        trace_ids: tuple[str, str] | None = None,
     ) -> None:
-        """One line, already sampled."""
+        """One line, already sampled; ``trace_ids``: the request's sampled span (tracing on)."""
         if self._console_log is not None:
             self._console_log.info(
                 "access",
+                **({"trace_id": trace_ids[0], "span_id": trace_ids[1]} if trace_ids else {}),
                 request_id=request_id,
                 method=method,
                 route=route,
@@ -135,13 +139,16 @@ class AccessLog:
                 user_agent=user_agent,
             )
             return
+        prefix = access_prefix(method, route, status)
+        if trace_ids:
+            prefix += f'"trace_id":"{trace_ids[0]}","span_id":"{trace_ids[1]}",'
         _sink.write_line(
             render_access(
                 [
                     (
                         time.perf_counter(),
                         request_id,
-                        access_prefix(method, route, status),
+                        prefix,
                         path,
                         duration,
                         remote,

@@ -3,15 +3,17 @@
 One output stream, one format: JSON lines (orjson) in production, structlog's
 console renderer on a TTY or when configured. aiohttp's and asyncio's own
 stdlib records go through the same processors, so they carry the request id
-too. Values are rendered as JSON strings, so a CR/LF in a header cannot forge
-a second line; the console renderer escapes control characters for the same
-reason. Lines go to the writer (:mod:`.writer`).
+too (and, with tracing on, the trace and span ids of the current sampled
+span). Values are rendered as JSON strings, so a CR/LF in a header cannot
+forge a second line; the console renderer escapes control characters for
+the same reason. Lines go to the writer (:mod:`.writer`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -73,6 +75,28 @@ def _add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
     return event_dict
 
 
+# The current span's hex (trace id, span id), or None outside a sampled span:
+# set by service.runtime.tracing while tracing is on (None otherwise, and then
+# the processor below costs one global read per line).
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Where log lines get their ``trace_id`` and ``span_id`` (None: they get none)."""
+    global _trace_ids
+    _trace_ids = source
+
+
+def _add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    source = _trace_ids
+    if source is not None:
+        ids = source()
+        if ids is not None:
+            event_dict.setdefault("trace_id", ids[0])
+            event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9,)}
 
 
@@ -92,6 +116,7 @@ def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        _add_trace_ids,
         structlog.stdlib.add_log_level,
         _add_timestamp,
     ]

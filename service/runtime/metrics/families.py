@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
+    Exemplar,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
@@ -68,12 +69,22 @@ class GaugeChild(CounterChild):
 
 
 class HistogramChild:
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        # Per bucket, the last traced observation's (trace id, value, Unix time):
+        # exported as OpenMetrics exemplars. None until one is kept (tracing on).
+        self.exemplars: list[tuple[str, float, float] | None] | None = None
+
+    def exemplar(self, bucket: int, trace_id: str, value: float, when: float) -> None:
+        """Keep ``trace_id`` as bucket ``bucket``'s exemplar (the caller has observed ``value``)."""
+        exemplars = self.exemplars
+        if exemplars is None:
+            exemplars = self.exemplars = [None] * len(self.counts)
+        exemplars[bucket] = (trace_id, value, when)
 
     def observe(self, value: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bucket (le is inclusive).
@@ -183,10 +194,21 @@ class Histogram(_Family[HistogramChild]):
     def collect(self) -> Metric:
         fam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
         for values, child in self.children():
-            cumulative, acc = [], 0
-            for bound, count in zip((*self.buckets, float("inf")), child.counts, strict=True):
+            cumulative: list[Any] = []
+            acc = 0
+            exemplars = child.exemplars or ()
+            for i, (bound, count) in enumerate(
+                zip((*self.buckets, float("inf")), child.counts, strict=True)
+            ):
                 acc += count
-                cumulative.append((_le(bound), acc))
+                kept = exemplars[i] if exemplars else None
+                if kept is None:
+                    cumulative.append((_le(bound), acc))
+                else:  # only the OpenMetrics exposition shows it
+                    trace_id, value, when = kept
+                    cumulative.append(
+                        (_le(bound), acc, Exemplar({"trace_id": trace_id}, value, when))
+                    )
             fam.add_metric(list(values), cumulative, child.sum)
         return fam
 

@@ -34,10 +34,11 @@ transports or the domain: the wiring hands it the stages and the encoder.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
@@ -48,6 +49,9 @@ from service.runtime.pipeline.stages import WORKER_BATCH, Stage, encode_json
 from service.runtime.pipeline.stream import StreamHub
 from service.runtime.pipeline.writer import Encoded, SinkWriter
 from service.runtime.settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 log = get_logger("service.pipeline")
 
@@ -68,15 +72,21 @@ class Pipeline:
         stages: Sequence[Stage],
         sink: Sink,
         encode: Encode = encode_json,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        # With tracing on, each stage batch and sink write is a span linked to
+        # the requests and TCP reads that produced its events.
+        self._tracing = tracing
         self.settings = settings
         self.sink = sink
         self.stages = list(stages)
         self._encode = encode
         self._prefix = metrics.register_task_group("pipeline")
-        self.intake = Intake(settings.ingest_capacity, metrics)
+        clock = time.monotonic if tracing is None else tracing.acked_now
+        self.intake = Intake(settings.ingest_capacity, metrics, clock)
         # The intake's methods, bound once: the transports call them per event.
         self.offer_nowait = self.intake.offer_nowait
         self.offer_batch_nowait = self.intake.offer_batch_nowait
@@ -94,7 +104,13 @@ class Pipeline:
             metrics.queue_capacity.labels(label).set(queue.capacity)
         self.hub = StreamHub(metrics, settings.subscriber_buffer)
         self.writer = SinkWriter(
-            self._queues[-1], sink, self.hub, metrics, settings.batch_size, settings.flush_interval
+            self._queues[-1],
+            sink,
+            self.hub,
+            metrics,
+            settings.batch_size,
+            settings.flush_interval,
+            tracing=tracing,
         )
         self._drained = False
         self._bypass = False  # set by a slow drain: skip the stages, lose nothing
@@ -198,7 +214,14 @@ class Pipeline:
             if batch is STOP:
                 return
             values = [value for _, value, _ in batch]
-            out = stage.bypass(values) if self._bypass else await self._process(stage, values)
+            if self._bypass:
+                out = stage.bypass(values)
+            elif self._tracing is None:
+                out = await self._process(stage, values)
+            else:
+                out = await self._tracing.stage_batch(
+                    stage.name, batch, functools.partial(self._process, stage, values)
+                )
             if last:
                 await outbox.put(self._encoded(batch, out))
             else:

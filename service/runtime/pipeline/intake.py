@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.runtime.errors import IntakeClosed, IntakeFull
@@ -31,8 +32,13 @@ RETRY_AFTER_SECONDS = 1
 class Intake:
     """Offers events to the ingest queue; ``closed`` refuses them (start-up, drain, failure)."""
 
-    def __init__(self, capacity: int, metrics: Metrics) -> None:
+    def __init__(
+        self, capacity: int, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.queue: BatchQueue[Item] = BatchQueue(capacity)
+        # The acknowledgement time; with tracing on it also carries the producer's
+        # span context (service.runtime.tracing.core.Acked).
+        self._clock = clock
         # Ids sort roughly by time and never repeat across restarts (same second,
         # same sink file) or replicas: start time, random, counter.
         self.ids = IdSequence(process_prefix(random_bytes=4, with_time=True))
@@ -58,7 +64,7 @@ class Intake:
             self._m_rejected["full"].inc()
             raise IntakeFull(1, RETRY_AFTER_SECONDS)
         event_id = self.ids.new()
-        queue.append_nowait((event_id, event, time.monotonic()))
+        queue.append_nowait((event_id, event, self._clock()))
         self.accepted += 1
         self._m_accepted.value += 1
         return event_id
@@ -72,7 +78,7 @@ class Intake:
         if n > self.queue.room():
             self._m_rejected["full"].inc(n)
             raise IntakeFull(n, RETRY_AFTER_SECONDS)
-        now = time.monotonic()
+        now = self._clock()
         ids = self.ids.many(n)
         self.queue.put_nowait(
             [(event_id, event, now) for event_id, event in zip(ids, events, strict=True)]

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
 from service.runtime.pipeline.batchqueue import STOP, BatchQueue
 from service.runtime.pipeline.sinks import Sink, SinkLine
 from service.runtime.pipeline.stream import StreamHub
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 log = get_logger("service.pipeline")
 
@@ -38,8 +42,11 @@ class SinkWriter:
         metrics: Metrics,
         batch_size: int,
         flush_interval: float,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.queue = queue
+        self._tracing = tracing
         self.sink = sink
         self.hub = hub
         self.batch_size = batch_size
@@ -90,7 +97,21 @@ class SinkWriter:
         await self.sink.flush()
 
     async def deliver(self, batch: list[Encoded]) -> None:
-        """Write one batch until the sink takes it (retrying whole), then account for it."""
+        """Write one batch until the sink takes it (retrying whole), then account for it.
+
+        With tracing on, in a span linked to the producers of its events.
+        """
+        if self._tracing is not None:
+            await self._tracing.linked(
+                "pipeline sink write",
+                (acked for _, acked in batch),
+                {"pipeline.sink": self.sink.backend, "pipeline.batch.events": len(batch)},
+                lambda: self._deliver(batch),
+            )
+        else:
+            await self._deliver(batch)
+
+    async def _deliver(self, batch: list[Encoded]) -> None:
         lines = [line for line, _ in batch]
         delay = _RETRY_FIRST
         while True:
@@ -100,6 +121,10 @@ class SinkWriter:
                 break
             except Exception as exc:
                 self._m_failures.inc()
+                if self._tracing is not None:
+                    self._tracing.event_here(
+                        "sink write failed", error=f"{type(exc).__name__}: {exc}", retry_in=delay
+                    )
                 log.error(  # noqa: TRY400 - one line, no traceback
                     "sink write failed: retrying the batch",
                     backend=self.sink.backend,

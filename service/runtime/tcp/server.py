@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
@@ -26,6 +26,9 @@ from service.runtime.tcp.answers import BYE_IDLE, BYE_SHUTDOWN, ERR_BUSY
 from service.runtime.tcp.closing import LINGER_SECONDS
 from service.runtime.tcp.connection import Connection
 from service.runtime.tcp.handler import LineHandler
+
+if TYPE_CHECKING:
+    from service.runtime.tracing.core import Tracing
 
 log = get_logger("service.tcp")
 
@@ -51,9 +54,12 @@ class TcpServer:
         metrics: Metrics,
         handler: LineHandler,
         watch: Callable[[asyncio.Task[None], str], None] | None = None,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self._watch = watch
+        self.tracing = tracing  # on: each read of event lines is a span (.traced)
         self.handler = handler
         self.max_line_bytes = settings.max_line_bytes
         self.stopping = False
@@ -79,8 +85,15 @@ class TcpServer:
         loop = asyncio.get_running_loop()
         self.now = loop.time
         s = self.settings
+        tracing = self.tracing
+        if tracing is None:
+            protocol: Callable[[], Connection] = lambda: Connection(self)  # noqa: E731
+        else:
+            from service.runtime.tcp.traced import TracedConnection  # imports OpenTelemetry
+
+            protocol = lambda: TracedConnection(self, tracing)  # noqa: E731
         self._server = await loop.create_server(
-            lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True
+            protocol, s.host, s.port, backlog=s.backlog, reuse_address=True
         )
         sweeper = self.spawn(self._sweep(), "sweeper")
         if self._watch is not None:

@@ -104,6 +104,10 @@ class Stats:
     request_ids: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=100)
     )
+    # And the last W3C traceparent headers (the caller's trace, when it traces).
+    traceparents: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=100)
+    )
 
     def reset(self) -> None:
         in_flight = self.in_flight  # still running; they will decrement it
@@ -113,6 +117,7 @@ class Stats:
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["request_ids"] = list(self.request_ids)
+        data["traceparents"] = list(self.traceparents)
         return data
 
 
@@ -148,6 +153,9 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
     rid = request.headers.get(REQUEST_ID_HEADER)
     if rid:
         stats.request_ids.append(rid)
+    traceparent = request.headers.get("traceparent")
+    if traceparent:
+        stats.traceparents.append(traceparent)
     query = request.query
     fail = query.get("fail")
     if fail is None:
