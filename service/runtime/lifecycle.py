@@ -37,6 +37,8 @@ from service.runtime.loop import run_loop
 from service.runtime.metrics import Metrics
 from service.runtime.monitor import configure_debug
 from service.runtime.state import ServiceState
+from service.runtime.workers.count import worker_count
+from service.runtime.workers.link import WorkerLink
 
 log = get_logger("service.lifecycle")
 
@@ -62,6 +64,8 @@ class Service:
             middleware=self.app.get(HTTP_MIDDLEWARE),
         )
         self.stopping = asyncio.Event()
+        # A worker of a supervisor says "worker listening": "listening" is the supervisor's.
+        self.listening_event = "listening"
         self._signals = 0
         self._admin_runner: web.AppRunner | None = None
 
@@ -102,7 +106,7 @@ class Service:
         self.state.ready = True
         self.metrics.ready_child.set(1)
         log.info(
-            "listening",
+            self.listening_event,
             **{f"{name}_port": port for name, port in ports.items()},
             loop=type(loop).__module__.split(".")[0],
         )
@@ -192,12 +196,15 @@ async def _guarded(aw: Any, what: str, timeout: float | None = None) -> None:
         log.exception("shutdown step failed", step=what)
 
 
-async def serve(service: Service) -> int:
-    """Run ``service`` until SIGTERM or SIGINT; return the exit code."""
+async def serve(service: Service, link: WorkerLink | None = None) -> int:
+    """Run ``service`` until SIGTERM or SIGINT; return the exit code.
+
+    ``link``: this process is a worker of a supervisor (``service.runtime.workers``).
+    """
     service.install_signal_handlers()
     started = time.monotonic()
     try:
-        await service.start()
+        ports = await service.start()
     except OSError as exc:
         # A port in use or an address that cannot be bound: a configuration
         # problem, so the same exit code as bad settings.
@@ -209,6 +216,8 @@ async def serve(service: Service) -> int:
                 await service._admin_runner.cleanup()
         return EXIT_CONFIG
     log.debug("started", seconds=round(time.monotonic() - started, 3))
+    if link is not None:
+        link.started(ports, service.stopping)
     await service.stopping.wait()
     return await service.shutdown()
 
@@ -221,15 +230,28 @@ def run_service(
     """Run the service on the configured loop until it stops; return the exit code.
 
     ``customize`` may add routes or components to the service before it
-    starts (test apps use it); logging must already be configured.
+    starts (test apps use it); logging must already be configured. With
+    ``workers.count`` other than 1 this process becomes the supervisor of
+    that many workers, each of which runs this same command line
+    (``service.runtime.workers``).
     """
+    link = WorkerLink.from_env()
+    if link is None:
+        count = worker_count(settings.workers.count)
+        if count > 1:
+            from service.runtime.workers.supervisor import supervise
+
+            return supervise(settings, count)
     gctune.tune()
 
     async def main() -> int:
         service = Service(settings, create_app)
         if customize is not None:
             customize(service)
-        return await serve(service)
+        if link is not None:
+            service.listening_event = "worker listening"
+            link.prepare(service.admin, service.state)
+        return await serve(service, link)
 
     try:
         code = run_loop(

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from service.runtime.inherited import inherited_socket
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
 from service.runtime.settings import TcpSettings
@@ -68,9 +69,15 @@ class TcpServer:
         loop = asyncio.get_running_loop()
         self.now = loop.time
         s = self.settings
-        self._server = await loop.create_server(
-            lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True
-        )
+        sock = inherited_socket(self.name)  # a worker's, bound by its supervisor
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: Connection(self), sock=sock, backlog=s.backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: Connection(self), s.host, s.port, backlog=s.backlog, reuse_address=True
+            )
         self.spawn(self._sweep(), "sweeper")
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 

@@ -1,0 +1,109 @@
+"""The worker's side of the supervisor: its inherited sockets and its control channel.
+
+The supervisor (:mod:`.supervisor`) starts each worker as the same command
+line with ``SERVICE_WORKER`` set to a small JSON object: the worker's number,
+the descriptor of its end of a control socket pair, and the descriptors of
+the listening sockets it inherits, by listener name (``http``, ``tcp``),
+which go to :mod:`service.runtime.inherited` for the listeners to take.
+
+Over the control socket the worker sends one JSON line when it is listening
+(its pid and ports, its admin port among them: the supervisor scrapes its
+``/metrics`` there). The supervisor never writes; the worker watches the
+socket only for end-of-file, which means the supervisor is gone (killed with
+SIGKILL, say), and then shuts down as on SIGTERM instead of living on alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+from aiohttp import web
+
+from service.runtime import inherited
+from service.runtime.config import ENV_WORKER
+from service.runtime.http import health
+from service.runtime.log import get_logger, sink
+from service.runtime.state import ServiceState
+
+log = get_logger("service.workers")
+
+
+@dataclass
+class WorkerLink:
+    """This process is worker ``index`` of a supervisor."""
+
+    index: int
+    control: socket.socket
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerLink | None:
+        """The link described by ``SERVICE_WORKER``; ``None`` when this is not a worker."""
+        raw = environ.get(ENV_WORKER)
+        if not raw:
+            return None
+        spec = orjson.loads(raw)
+        fds = [spec["control"], *spec["sockets"].values()]
+        for fd in fds:
+            # Not for this worker's own children (a process pool, a subprocess).
+            os.set_inheritable(fd, False)
+        link = cls(
+            index=int(spec["index"]),
+            control=socket.socket(fileno=spec["control"]),
+            sockets={name: socket.socket(fileno=fd) for name, fd in spec["sockets"].items()},
+        )
+        inherited.adopt(link.sockets)
+        # Before the loop starts, so every task's context carries it.
+        structlog.contextvars.bind_contextvars(worker=link.index)
+        return link
+
+    def prepare(self, admin: web.Application, state: ServiceState) -> None:
+        """Before start: whole log lines on a shared pipe, and health routes on the admin app."""
+        if _is_pipe(sys.stdout):
+            # Every worker writes to the same pipe: writes of at most PIPE_BUF
+            # bytes are atomic (POSIX), so lines of two workers never interleave.
+            sink().max_write = select.PIPE_BUF
+        # This worker's own health, for the supervisor's /workers and for a human.
+        admin.router.add_get("/livez", health.livez, allow_head=False)
+        admin.router.add_get("/readyz", health.readyz_handler(state), allow_head=False)
+
+    def started(self, ports: dict[str, int], stopping: asyncio.Event) -> None:
+        """Listening: tell the supervisor, and shut down when the supervisor goes away."""
+        inherited.close_untaken()  # bound for a listener this service does not have
+        message = orjson.dumps({"pid": os.getpid(), "ports": ports}) + b"\n"
+        self.control.setblocking(True)
+        self.control.sendall(message)
+        self.control.setblocking(False)
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = self.control.recv(512)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(self.control.fileno())
+                if not stopping.is_set():
+                    log.warning("supervisor gone: shutting down")
+                    stopping.set()
+
+        loop.add_reader(self.control.fileno(), readable)
+
+
+def _is_pipe(stream: object) -> bool:
+    try:
+        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
