@@ -86,6 +86,18 @@ class Service:
         sink().flush()
         os._exit(EXIT_LOST)
 
+    def request_stop(self, reason: str) -> None:
+        """Begin the shutdown as a first signal does, without counting as one."""
+        if not self.stopping.is_set():
+            log.info("shutting down", reason=reason)
+            self.stopping.set()
+
+    def exit_now(self, reason: str) -> None:
+        """What a second signal does: write the log and exit 1 at once."""
+        log.warning("exiting at once", reason=reason)
+        sink().flush()
+        os._exit(EXIT_LOST)
+
     # -- start --------------------------------------------------------------
     async def start(self) -> dict[str, int]:
         """Start: resources, admin, other listeners, HTTP, ready; return the bound ports."""
@@ -217,7 +229,7 @@ async def serve(service: Service, link: WorkerLink | None = None) -> int:
         return EXIT_CONFIG
     log.debug("started", seconds=round(time.monotonic() - started, 3))
     if link is not None:
-        link.started(ports, service.stopping)
+        link.started(ports, stop=service.request_stop, now=service.exit_now)
     await service.stopping.wait()
     return await service.shutdown()
 

@@ -8,9 +8,13 @@ which go to :mod:`service.runtime.inherited` for the listeners to take.
 
 Over the control socket the worker sends one JSON line when it is listening
 (its pid and ports, its admin port among them: the supervisor scrapes its
-``/metrics`` there). The supervisor never writes; the worker watches the
-socket only for end-of-file, which means the supervisor is gone (killed with
-SIGKILL, say), and then shuts down as on SIGTERM instead of living on alone.
+``/metrics`` there). The supervisor sends a word: ``stop`` when it stops (the
+worker shuts down as on a first signal), ``now`` on its second signal (the
+worker exits at once, as on its own second signal). Words, not signals: a
+worker may get the signal itself as well (systemd signals a whole cgroup),
+and the two must not count as a second signal. End-of-file means the
+supervisor is gone (killed with SIGKILL, say): the worker shuts down too
+instead of living on alone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import select
 import socket
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -76,12 +80,17 @@ class WorkerLink:
         admin.router.add_get("/livez", health.livez, allow_head=False)
         admin.router.add_get("/readyz", health.readyz_handler(state), allow_head=False)
 
-    def started(self, ports: dict[str, int], stopping: asyncio.Event) -> None:
-        """Listening: tell the supervisor, and shut down when the supervisor goes away."""
+    def started(
+        self, ports: dict[str, int], *, stop: Callable[[str], None], now: Callable[[str], None]
+    ) -> None:
+        """Listening: tell the supervisor; ``stop`` or exit ``now`` when it says so."""
         inherited.close_untaken()  # bound for a listener this service does not have
         message = orjson.dumps({"pid": os.getpid(), "ports": ports}) + b"\n"
-        self.control.setblocking(True)
-        self.control.sendall(message)
+        try:
+            self.control.sendall(message)
+        except OSError:
+            stop("the supervisor is gone")
+            return
         self.control.setblocking(False)
         loop = asyncio.get_running_loop()
 
@@ -92,11 +101,13 @@ class WorkerLink:
                 return
             except OSError:
                 data = b""
-            if not data:
-                loop.remove_reader(self.control.fileno())
-                if not stopping.is_set():
-                    log.warning("supervisor gone: shutting down")
-                    stopping.set()
+            if b"now" in data:
+                now("the supervisor got a second signal")
+            elif data:
+                stop("the supervisor is stopping")
+                return
+            loop.remove_reader(self.control.fileno())
+            stop("the supervisor is gone")
 
         loop.add_reader(self.control.fileno(), readable)
 

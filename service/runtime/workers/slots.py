@@ -24,10 +24,10 @@ class Slot:
     ever_ready: bool = False
     restarts: int = 0
     failures: int = 0  # exits in a row, each soon after the start
-    # The exit code of the process that was running when the stop began (None:
-    # none was), and whether it had said it was listening.
+    # The supervisor's end of the control socket pair, while the process lives.
+    control: socket.socket | None = None
+    # The exit code of the process that was running when the stop began (None: none was).
     final: int | None = None
-    final_was_ready: bool = False
 
     @property
     def pid(self) -> int | None:

@@ -34,12 +34,12 @@ failures in a row: a crash loop, the supervisor stops the others and exits 1.
 A worker that exits 2 (bad config) before it was ever ready: exit 2 at once.
 
 **Signals.** The first SIGTERM or SIGINT closes the supervisor's copies of
-the listening sockets and goes to every worker, which runs its numbered
-shutdown steps; the supervisor exits 0 only if every worker did (one that
-had not started listening yet counts as clean: it acknowledged nothing).
-Workers still running after their whole shutdown budget plus
-:data:`STOP_SLACK` are killed (exit 1). A second signal goes to the workers
-(they exit at once) and the supervisor exits 1 at once.
+the listening sockets and tells every worker ``stop`` over its control
+socket (a word, not the signal: :mod:`.link` says why); each runs its
+numbered shutdown steps, and the supervisor exits 0 only if every worker
+exited 0. Workers still running after their whole shutdown budget plus
+:data:`STOP_SLACK` are killed (exit 1). A second signal tells the workers
+``now`` (they exit at once) and the supervisor exits 1 at once.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ log = get_logger("service.supervisor")
 
 EXIT_OK, EXIT_LOST, EXIT_CONFIG = 0, 1, 2
 LISTENERS = ("http", "tcp")
+# The words to a worker (service.runtime.workers.link): shut down, exit at once.
+STOP, NOW = b"stop\n", b"now\n"
 STOP_SLACK = 5.0  # seconds past the workers' own shutdown budget
 
 
@@ -87,7 +89,6 @@ class Supervisor:
         self.ports: dict[str, int] = {}
         self.session: aiohttp.ClientSession | None = None
         self.stopping = asyncio.Event()
-        self.stop_signal = signal.SIGTERM
         self.code: int | None = None  # decided before the stop (crash loop, bad config)
         self._signals = 0
         self._announced = False
@@ -143,13 +144,9 @@ class Supervisor:
         if pending:
             late = [slot.index for slot in self.slots if slot.alive]
             log.error("workers did not stop in time: killing them", workers=late)
-            self._signal_workers(signal.SIGKILL)
+            self._kill_workers()
             await asyncio.wait(pending)
-        clean = all(
-            slot.final in (None, 0)
-            or (slot.final == -self.stop_signal and not slot.final_was_ready)
-            for slot in self.slots
-        )
+        clean = all(slot.final in (None, 0) for slot in self.slots)
         code = self.code if self.code is not None else (EXIT_OK if clean else EXIT_LOST)
         log.info(
             "shutdown complete",
@@ -175,9 +172,9 @@ class Supervisor:
             proc = await self._spawn(slot)
             code = await proc.wait()
             lived = time.monotonic() - slot.started
-            was_ready, slot.state = slot.state == "ready", "exited"
+            slot.state = "exited"
             if self.stopping.is_set():
-                slot.final, slot.final_was_ready = code, was_ready
+                slot.final = code
                 return
             log.warning(
                 "worker exited",
@@ -220,12 +217,12 @@ class Supervisor:
         finally:
             child.close()
         slot.proc, slot.started, slot.state, slot.ports = proc, time.monotonic(), "starting", {}
+        slot.control = parent
         parent.setblocking(False)
         loop = asyncio.get_running_loop()
         loop.add_reader(parent.fileno(), self._on_control, slot, parent, bytearray())
         if self.stopping.is_set():  # the stop began while it was being started
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(self.stop_signal)
+            self._tell(slot, STOP)
         return proc
 
     def _overrides(self, index: int) -> dict[str, str]:
@@ -248,6 +245,8 @@ class Supervisor:
         if not data:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
+            if slot.control is sock:
+                slot.control = None
             return
         pending += data
         if not pending.endswith(b"\n"):
@@ -275,10 +274,11 @@ class Supervisor:
         self._signals += 1
         if self._signals == 1:
             log.info("signal received: stopping the workers", signal=sig.name)
-            self._stop(sig)
+            self._stop()
             return
         log.warning("second signal: exiting at once", signal=sig.name)
-        self._signal_workers(sig)  # their second signal: they exit at once too
+        for slot in self.slots:
+            self._tell(slot, NOW)
         sink().flush()
         os._exit(EXIT_LOST)
 
@@ -287,22 +287,29 @@ class Supervisor:
             return  # already stopping: this is not news
         log.error(message)
         self.code = code
-        self._stop(signal.SIGTERM)
+        self._stop()
 
-    def _stop(self, sig: signal.Signals) -> None:
+    def _stop(self) -> None:
         if self.stopping.is_set():
             return
-        self.stop_signal = sig
         self.stopping.set()
         self._close_sockets()  # each worker still holds its own until its step 2
-        self._signal_workers(sig)
+        for slot in self.slots:
+            self._tell(slot, STOP)
 
-    def _signal_workers(self, sig: signal.Signals) -> None:
+    def _tell(self, slot: Slot, message: bytes) -> None:
+        if slot.control is not None:
+            # A word in an empty socket buffer: it never blocks. A worker that
+            # is still starting reads it once it listens, then stops.
+            with contextlib.suppress(OSError):
+                slot.control.send(message)
+
+    def _kill_workers(self) -> None:
         # Only processes not yet reaped: their pids cannot have been reused.
         for slot in self.slots:
             if slot.proc is not None and slot.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    slot.proc.send_signal(sig)
+                    slot.proc.kill()
 
 
 def supervise(settings: RuntimeSettings, count: int, argv: Sequence[str] | None = None) -> int:

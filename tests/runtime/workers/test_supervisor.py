@@ -298,3 +298,16 @@ def test_workers_stop_when_the_supervisor_is_killed() -> None:
         while not all(gone(pid) for pid in pids):
             assert time.monotonic() < deadline, "a worker lives on without its supervisor"
             time.sleep(0.05)
+
+
+def test_sigterm_to_every_process_at_once_is_one_graceful_stop() -> None:
+    """As systemd stops a unit (the whole cgroup): the workers get SIGTERM and the stop word."""
+    with running_service(TWO) as svc:
+        pids = [w["pid"] for w in wait_workers_ready(svc, 2)]
+        assert svc.proc is not None
+        for pid in [svc.proc.pid, *pids]:
+            os.kill(pid, signal.SIGTERM)
+        assert svc.wait(30) == 0, svc.output()[-3000:]
+    assert not svc.events("second signal: exiting at once")
+    workers_done = [x for x in svc.events("shutdown complete") if "worker" in x]
+    assert sorted(x["worker"] for x in workers_done) == [1, 2]
