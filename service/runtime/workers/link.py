@@ -27,18 +27,41 @@ import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import structlog
 from aiohttp import web
 
 from service.runtime import inherited
-from service.runtime.config import ENV_WORKER
+from service.runtime.config import ENV_PREFIX, ENV_WORKER, RuntimeSettings
 from service.runtime.http import health
 from service.runtime.log import get_logger, sink
 from service.runtime.state import ServiceState
 
 log = get_logger("service.workers")
+
+
+def worker_path(path: Path, index: int) -> Path:
+    """Worker ``index``'s file next to ``path``: ``events.jsonl`` -> ``events.w1.jsonl``."""
+    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
+
+
+def worker_env(
+    settings: RuntimeSettings, index: int, control: int, sockets: Mapping[str, int]
+) -> dict[str, str]:
+    """The environment that makes a process worker ``index`` (the supervisor's side).
+
+    Besides ``SERVICE_WORKER``, the settings that differ from the supervisor's:
+    the admin listener on a loopback port of its own, and a sink file of its own.
+    """
+    spec = {"index": index, "control": control, "sockets": dict(sockets)}
+    return {
+        ENV_WORKER: orjson.dumps(spec).decode(),
+        f"{ENV_PREFIX}ADMIN__HOST": "127.0.0.1",
+        f"{ENV_PREFIX}ADMIN__PORT": "0",
+        f"{ENV_PREFIX}PIPELINE__SINK_PATH": str(worker_path(settings.pipeline.sink_path, index)),
+    }
 
 
 @dataclass

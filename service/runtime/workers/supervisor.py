@@ -25,7 +25,7 @@ would share it with whoever else set it).
 it; :mod:`.admin`) and, with the file sink, a file of their own:
 ``events.jsonl`` becomes ``events.w1.jsonl``, ``events.w2.jsonl``... They run
 in their own process group, so a Ctrl-C in a terminal reaches the supervisor
-only, which passes it on once.
+only.
 
 **Restarts.** A worker that exits on its own is started again after
 ``workers.backoff_seconds``, doubled for each failure in a row; one that
@@ -53,16 +53,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from service.runtime.config import ENV_PREFIX, ENV_WORKER, RuntimeSettings
+from service.runtime.config import RuntimeSettings
 from service.runtime.log import flushing, get_logger, sink
 from service.runtime.loop import run_loop
 from service.runtime.workers.admin import SCRAPE_TIMEOUT, create_supervisor_admin
+from service.runtime.workers.link import worker_env
 from service.runtime.workers.slots import Slot
 
 log = get_logger("service.supervisor")
@@ -74,12 +74,9 @@ STOP, NOW = b"stop\n", b"now\n"
 STOP_SLACK = 5.0  # seconds past the workers' own shutdown budget
 
 
-def worker_path(path: Path, index: int) -> Path:
-    """Worker ``index``'s file next to ``path``: ``events.jsonl`` -> ``events.w1.jsonl``."""
-    return path.with_name(f"{path.stem}.w{index}{path.suffix}")
-
-
 class Supervisor:
+    """The supervisor of ``count`` workers, each running ``argv``; :meth:`run` until stopped."""
+
     def __init__(self, settings: RuntimeSettings, count: int, argv: Sequence[str]) -> None:
         self.settings = settings
         self.argv = list(argv)
@@ -204,8 +201,7 @@ class Supervisor:
     async def _spawn(self, slot: Slot) -> asyncio.subprocess.Process:
         parent, child = socket.socketpair()
         fds = {name: slot.sockets[name].fileno() for name in self.listeners}
-        spec = {"index": slot.index, "control": child.fileno(), "sockets": fds}
-        env = {**os.environ, **self._overrides(slot.index), ENV_WORKER: orjson.dumps(spec).decode()}
+        env = {**os.environ, **worker_env(self.settings, slot.index, child.fileno(), fds)}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -224,15 +220,6 @@ class Supervisor:
         if self.stopping.is_set():  # the stop began while it was being started
             self._tell(slot, STOP)
         return proc
-
-    def _overrides(self, index: int) -> dict[str, str]:
-        """Settings of worker ``index`` that differ from the supervisor's, as env variables."""
-        sink_path = worker_path(self.settings.pipeline.sink_path, index)
-        return {
-            f"{ENV_PREFIX}ADMIN__HOST": "127.0.0.1",
-            f"{ENV_PREFIX}ADMIN__PORT": "0",
-            f"{ENV_PREFIX}PIPELINE__SINK_PATH": str(sink_path),
-        }
 
     def _on_control(self, slot: Slot, sock: socket.socket, pending: bytearray) -> None:
         """The worker's line "listening on these ports"; end-of-file when it exits."""

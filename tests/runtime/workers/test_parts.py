@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 from service.runtime.metrics import Metrics
 from service.runtime.workers.count import cpu_quota, usable_cpus, worker_count
 from service.runtime.workers.exposition import merge, supervisor_families
+from service.runtime.workers.link import worker_path
 from service.runtime.workers.slots import Slot
-from service.runtime.workers.supervisor import worker_path
 from tests.support.process import parse_metrics, require_tool
 
 
