@@ -124,19 +124,22 @@ class InfoClient(threading.Thread):
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        while not self.stop_event.is_set():
-            try:
-                conn.request("GET", "/v1/info")
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-            if ok:
-                self.answered += 1
-            else:
-                self.failed += 1
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    conn.request("GET", "/v1/info")
+                    resp = conn.getresponse()
+                    resp.read()
+                    ok = resp.status == 200
+                except (OSError, http.client.HTTPException):
+                    ok = False
+                    conn.close()  # the next request connects again
+                if ok:
+                    self.answered += 1
+                else:
+                    self.failed += 1
+        finally:
+            conn.close()
 
 
 def test_a_killed_worker_is_replaced_at_once_and_requests_keep_being_answered() -> None:
