@@ -20,6 +20,7 @@ from service.runtime.workers.count import usable_cpus
 from tests.support.clients import TcpEventClient, acked, start_clients, wait_acked
 from tests.support.process import (
     ServiceProcess,
+    free_port,
     http_get,
     parse_metrics,
     require_tool,
@@ -314,3 +315,15 @@ def test_sigterm_to_every_process_at_once_is_one_graceful_stop() -> None:
     assert not svc.events("second signal: exiting at once")
     workers_done = [x for x in svc.events("shutdown complete") if "worker" in x]
     assert sorted(x["worker"] for x in workers_done) == [1, 2]
+
+
+def test_a_port_the_workers_do_not_listen_on_is_let_go() -> None:
+    tcp_port = free_port()
+    env = {"SERVICE_WORKERS__COUNT": "2", "SERVICE_TCP__PORT": str(tcp_port)}
+    with running_service(env=env, module="tests.apps.http_only") as svc:
+        assert set(svc.ports) == {"http", "admin"}
+        wait_workers_ready(svc, 2)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", tcp_port), timeout=5).close()
+        assert http_get(svc.url("/v1/info"))[0] == 200
+        assert svc.stop() == 0
