@@ -2,14 +2,12 @@
 
 Each worker is the whole service (HTTP, TCP, pipeline) in its own process,
 started as this same command line with ``SERVICE_WORKER`` set (the worker's
-side is :mod:`.link`); the supervisor serves no traffic. It is home-made and
-small because gunicorn's arbiter, the usual choice, does not keep what this
-service promises: SIGINT is its quick shutdown (workers get SIGQUIT, no
-drain); it exits 0 after a stop whatever its workers' exit codes were; it
-starts a crashed worker again at once, every time, with no backoff, and
-halts only for its own "failed to boot" code (3); a second SIGTERM does not
-cut the graceful stop short; and it binds only HTTP addresses, knowing
-nothing of the TCP line port nor of a metrics port for the whole service.
+side is :mod:`.link`); the supervisor serves no traffic. Home-made, because
+gunicorn's arbiter does not keep what this service promises: SIGINT is its
+quick shutdown (no drain), it exits 0 whatever its workers' exit codes, it
+restarts a crashed worker at once every time and halts only on its own
+"failed to boot" code, a second SIGTERM does not cut its stop short, and it
+binds HTTP addresses only (no TCP line port, no one metrics port).
 
 **Ports.** For each worker and listener (``http``, ``tcp``) the supervisor
 binds one socket, all on the same port with ``SO_REUSEPORT``, and hands
@@ -21,11 +19,9 @@ backlog instead of being refused. A plain bind first checks that the port is
 free, so a port in use is exit 2 as with one process (``SO_REUSEPORT`` alone
 would share it with whoever else set it).
 
-**Workers** get a loopback admin port of their own (the supervisor scrapes
-it; :mod:`.admin`) and, with the file sink, a file of their own:
-``events.jsonl`` becomes ``events.w1.jsonl``, ``events.w2.jsonl``... They run
-in their own process group, so a Ctrl-C in a terminal reaches the supervisor
-only.
+**Workers** get a loopback admin port of their own (scraped: :mod:`.admin`),
+with the file sink a file of their own (``events.w1.jsonl``...), and a
+process group of their own: a terminal's Ctrl-C reaches the supervisor only.
 
 **Restarts.** A worker that exits on its own is started again after
 ``workers.backoff_seconds``, doubled for each failure in a row; one that
