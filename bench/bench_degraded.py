@@ -14,7 +14,7 @@ same run (medians), its ratio the median of the per-round ratios; the
 target: at least 0.9x, with a p99 at most 2x the healthy one.
 An open breaker must cost a batch one check, not an exception per event.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only degraded"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only degraded"``.
 """
 
 from __future__ import annotations

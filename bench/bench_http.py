@@ -17,7 +17,7 @@ medians of runs far apart. Targets: the fast path (tracing off) at least 0.90
 of bare aiohttp, the public API at least 0.85; tracing on at least 0.5 of
 tracing off with every request sampled, 0.8 with a tenth.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only http"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only http"``.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ is most of each side's CPU: about 0.3 of each core goes to softirq), and
 ours spends about 2.5 us of user CPU per round trip against C's 0.4, so the
 faster the server, the more the client's own cost shows.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only loadtest"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only loadtest"``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ service's own ``service_event_loop_lag_seconds`` histogram (sampled every
 10 ms). The hash throughput is compared with ``hashlib.scrypt`` in as many
 bare threads as the executor has workers, measured in the same run.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only offload"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only offload"``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ TCP ``PING`` round-trip rate of the same service process in the same run
 Target: at least 50,000 events/s. After the runs the service gets
 SIGTERM and its summary line must show nothing dropped.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only pipeline"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only pipeline"``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Target: the Redis sink at least 0.7 of the file sink's rate.
 After the runs both services get SIGTERM; the summary must show nothing
 dropped, and the stream must hold exactly what the Redis service delivered.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only redis"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only redis"``.
 """
 
 from __future__ import annotations

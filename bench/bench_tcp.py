@@ -10,7 +10,7 @@ the client to core 1, and the runs alternate (bare, service, ...) so a noisy
 neighbour hits both sides alike; the row reports the ratio of the medians.
 Target: 0.85.
 
-Run it alone: ``flock /tmp/cpu-heavy.lock make bench BENCH_ARGS="--only tcp"``.
+Run it alone, on an otherwise idle machine: ``make bench BENCH_ARGS="--only tcp"``.
 """
 
 from __future__ import annotations

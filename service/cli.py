@@ -23,8 +23,21 @@ def _serve(args: argparse.Namespace) -> int:
     from service.runtime.lifecycle import run_service
 
     settings = load_settings(args.config)
+    if args.workers is not None:
+        workers = settings.workers.model_copy(update={"count": args.workers})
+        settings = settings.model_copy(update={"workers": workers})
     log.configure(settings.log)
     return run_service(settings, create_app)
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service")
     serve.add_argument(
         "--config", metavar="FILE", help="TOML file layered over the defaults (or SERVICE_CONFIG)"
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=_worker_count,
+        help="processes sharing the ports: 1 (the default) runs no supervisor; "
+        "0 is one per usable CPU (or workers.count)",
     )
     serve.set_defaults(func=_serve)
 

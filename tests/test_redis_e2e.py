@@ -105,6 +105,29 @@ def test_three_services_one_stream_every_ack_exactly_once(tmp_path: Path) -> Non
     print(f"\n3 services: {len(acked(clients))} acknowledged, {len(ids)} in the stream")
 
 
+def test_two_workers_one_stream_every_ack_exactly_once(tmp_path: Path) -> None:
+    """``serve --workers 2``: each worker is a writer of its own on the shared stream."""
+    stop = threading.Event()
+    with (
+        RedisServer(tmp_path / "redis") as server,
+        running_service(["serve", "--workers", "2"], env=redis_env(server)) as proc,
+    ):
+        clients = start_clients([proc.ports], stop, http=3, tcp=3, timeout=30, backoff=0.05)
+        wait_acked(clients, 4000, timeout=30)
+        [code] = stop_all([proc], clients, stop)
+        assert code == 0, proc.output()[-3000:]
+        given = acked(clients)
+        ids = [i for i, _ in stream_entries(server, STREAM)]
+    assert len(set(ids)) == len(ids), f"{len(ids) - len(set(ids))} events written twice"
+    assert not set(given) - set(ids), "an acknowledged event is not in the stream"
+    assert len(set(ids) - set(given)) <= sum(c.unanswered for c in clients)
+    summaries = [x for x in proc.events("shutdown complete") if "worker" in x]
+    assert sorted(x["worker"] for x in summaries) == [1, 2]
+    assert [x["dropped"] for x in summaries] == [0, 0]
+    assert sum(x["delivered"] for x in summaries) == len(ids)
+    print(f"\n2 workers: {len(given)} acknowledged, {len(ids)} in the stream")
+
+
 class Watcher(threading.Thread):
     """Polls /readyz of each service and samples their RSS until stopped."""
 

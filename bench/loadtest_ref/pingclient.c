@@ -3,9 +3,11 @@
  * One thread, epoll, N connections each with one request in flight, like
  * `service loadtest tcp --scenario tcp-ping -c N`. bench_loadtest.py compiles
  * it (when a C compiler is present) to check that the Python client is within
- * 10% of what a C client gets from the same server.
+ * 10% of what a C client gets from the same server. DEPTH (default 1) keeps
+ * that many PINGs in flight per connection instead (pipelined: the answers
+ * to one read are asked again in one write); bench_workers.py uses it.
  *
- *   pingclient HOST PORT CONNECTIONS SECONDS   -> prints "<round trips> <seconds>"
+ *   pingclient HOST PORT CONNECTIONS SECONDS [DEPTH]  -> prints "<answers> <seconds>"
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,11 +28,15 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS [DEPTH]\n", argv[0]);
         return 2;
     }
     int n = atoi(argv[3]);
+    int depth = argc == 6 ? atoi(argv[5]) : 1;
+    char buf[4096], pings[5 * sizeof buf];
+    for (size_t i = 0; i < sizeof buf; i++) memcpy(pings + 5 * i, "PING\n", 5);
+    if (depth < 1 || depth > (int)sizeof buf) return 2;
     double seconds = atof(argv[4]);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
     if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) return 2;
@@ -41,10 +47,9 @@ int main(int argc, char **argv) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-        if (write(fd, "PING\n", 5) != 5) return 1;
+        if (write(fd, pings, 5 * depth) != 5 * depth) return 1;
     }
     long done = 0;
-    char buf[4096];
     struct epoll_event events[256];
     double start = now(), end = start + seconds;
     while (now() < end) {
@@ -53,12 +58,10 @@ int main(int argc, char **argv) {
             int fd = events[i].data.fd;
             ssize_t got = read(fd, buf, sizeof buf);
             if (got <= 0) { fprintf(stderr, "connection lost\n"); return 1; }
-            for (ssize_t j = 0; j < got; j++) {
-                if (buf[j] == '\n') {
-                    done++;
-                    if (write(fd, "PING\n", 5) != 5) return 1;
-                }
-            }
+            ssize_t answers = 0;
+            for (ssize_t j = 0; j < got; j++) answers += buf[j] == '\n';
+            done += answers;
+            if (answers && write(fd, pings, 5 * answers) != 5 * answers) return 1;
         }
     }
     printf("%ld %.6f\n", done, now() - start);

@@ -40,6 +40,8 @@ SERVICE_LOOP: web.AppKey[asyncio.AbstractEventLoop] = web.AppKey("service_loop")
 SETTLE_WAIT = 0.05
 # How long /debug/tasks waits for the service's loop to list its tasks.
 DUMP_WAIT = 1.0
+# How long an admin /livez waits for the service's loop to run a callback.
+LIVE_WAIT = 1.0
 
 
 async def on_service_loop(app: web.Application, fn: Callable[[], T], timeout: float) -> T:
@@ -88,6 +90,19 @@ async def debug_tasks(request: web.Request) -> web.Response:
     except TimeoutError:
         return problem_response(503, f"The event loop did not answer within {DUMP_WAIT} s.")
     return web.Response(body=orjson.dumps(rows), content_type="application/json")
+
+
+async def livez(request: web.Request) -> web.Response:
+    """A worker's ``/livez`` on its admin port: 200 while the *service's* loop answers.
+
+    This handler runs on the admin thread, so it asks the service's loop to run
+    an empty callback rather than answering for it.
+    """
+    try:
+        await on_service_loop(request.app, lambda: None, LIVE_WAIT)
+    except (TimeoutError, RuntimeError):
+        return problem_response(503, f"The event loop did not answer within {LIVE_WAIT} s.")
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
 
 def create_admin_app(public: web.Application) -> web.Application:

@@ -33,10 +33,13 @@ from service.runtime.settings import (
     ShutdownSettings,
     TcpSettings,
     TracingSettings,
+    WorkersSettings,
 )
 
 ENV_PREFIX = "SERVICE_"
 ENV_CONFIG_FILE = "SERVICE_CONFIG"
+# Set by the supervisor for its workers (service.runtime.workers.link), not a setting.
+ENV_WORKER = "SERVICE_WORKER"
 
 S = TypeVar("S", bound="RuntimeSettings")
 
@@ -70,6 +73,7 @@ class RuntimeSettings(BaseSettings):
     downstream: DownstreamSettings = DownstreamSettings()
     offload: OffloadSettings = OffloadSettings()
     tracing: TracingSettings = TracingSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +172,7 @@ def env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> tuple[set[str
 def check_env(cls: type[RuntimeSettings], environ: Mapping[str, str]) -> None:
     """Reject ``SERVICE_*`` variables that name no setting (a typo would be ignored)."""
     names, patterns = env_names(cls)
-    names |= {ENV_CONFIG_FILE}
+    names |= {ENV_CONFIG_FILE, ENV_WORKER}
     names |= {f"{ENV_PREFIX}{old.replace('.', '__').upper()}" for old in cls.moved}
     known = re.compile("|".join(patterns)).fullmatch if patterns else None
     for key in sorted(environ):

@@ -47,6 +47,8 @@ from service.runtime.loop import run_loop
 from service.runtime.metrics import Metrics
 from service.runtime.monitor import configure_debug
 from service.runtime.state import ServiceState
+from service.runtime.workers.count import worker_count
+from service.runtime.workers.link import WorkerLink
 
 log = get_logger("service.lifecycle")
 
@@ -76,6 +78,8 @@ class Service:
             connections_rejected=self.metrics.http_connections_rejected.labels(),
         )
         self.stopping = asyncio.Event()
+        # A worker of a supervisor says "worker listening": "listening" is the supervisor's.
+        self.listening_event = "listening"
         self._signals = 0
         self.state.failure_hooks.append(self._on_failure)
         self.metrics.before_collect.append(self._count_dropped_logs)
@@ -106,6 +110,18 @@ class Service:
         )
         self.stopping.set()
 
+    def request_stop(self, reason: str) -> None:
+        """Begin the shutdown as a first signal does, without counting as one."""
+        if not self.stopping.is_set():
+            log.info("shutting down", reason=reason)
+            self.stopping.set()
+
+    def exit_now(self, reason: str) -> None:
+        """What a second signal does: write the log and exit 1 at once."""
+        log.warning("exiting at once", reason=reason)
+        sink().stop_writer(min(0.5, self.settings.log.exit_flush_seconds))
+        os._exit(EXIT_LOST)
+
     # -- start --------------------------------------------------------------
     async def start(self) -> dict[str, int]:
         """Start: resources, admin, other listeners, HTTP, ready; return the bound ports."""
@@ -122,7 +138,7 @@ class Service:
         self.state.ready = True
         self.metrics.ready_child.set(1)
         log.info(
-            "listening",
+            self.listening_event,
             **{f"{name}_port": port for name, port in ports.items()},
             loop=type(loop).__module__.split(".")[0],
         )
@@ -216,12 +232,15 @@ async def _guarded(aw: Any, what: str, timeout: float | None = None) -> None:
         log.exception("shutdown step failed", step=what)
 
 
-async def serve(service: Service) -> int:
-    """Run ``service`` until SIGTERM or SIGINT; return the exit code."""
+async def serve(service: Service, link: WorkerLink | None = None) -> int:
+    """Run ``service`` until SIGTERM or SIGINT; return the exit code.
+
+    ``link``: this process is a worker of a supervisor (``service.runtime.workers``).
+    """
     service.install_signal_handlers()
     started = time.monotonic()
     try:
-        await service.start()
+        ports = await service.start()
     except OSError as exc:
         # A port in use or an address that cannot be bound: a configuration
         # problem, so the same exit code as bad settings.
@@ -233,6 +252,8 @@ async def serve(service: Service) -> int:
                 await service.admin_server.close()
         return EXIT_CONFIG
     log.debug("started", seconds=round(time.monotonic() - started, 3))
+    if link is not None:
+        link.started(ports, stop=service.request_stop, now=service.exit_now)
     await service.stopping.wait()
     return await service.shutdown()
 
@@ -245,15 +266,28 @@ def run_service(
     """Run the service on the configured loop until it stops; return the exit code.
 
     ``customize`` may add routes or components to the service before it
-    starts (test apps use it); logging must already be configured.
+    starts (test apps use it); logging must already be configured. With
+    ``workers.count`` other than 1 this process becomes the supervisor of
+    that many workers, each of which runs this same command line
+    (``service.runtime.workers``).
     """
+    link = WorkerLink.from_env()
+    if link is None:
+        count = worker_count(settings.workers.count)
+        if count > 1:
+            from service.runtime.workers.supervisor import supervise
+
+            return supervise(settings, count)
     gctune.tune()
 
     async def main() -> int:
         service = Service(settings, create_app)
         if customize is not None:
             customize(service)
-        return await serve(service)
+        if link is not None:
+            service.listening_event = "worker listening"
+            link.prepare(service.admin, service.state)
+        return await serve(service, link)
 
     try:
         logs = settings.log

@@ -241,6 +241,19 @@ class TracingSettings(Section):
     enabled: bool = False
 
 
+class WorkersSettings(Section):
+    # Processes: 1 runs the service in this process, with no supervisor; N > 1 a
+    # supervisor and N workers on the same ports; 0 one per usable CPU (affinity
+    # and a cgroup CPU quota count). `service serve --workers N` overrides it.
+    count: Annotated[int, Field(ge=0)] = 1
+    # A worker that exits on its own starts again after backoff_seconds, doubled
+    # for each failure in a row; one that lived stable_seconds starts the count
+    # afresh; crash_limit failures in a row make the supervisor exit 1.
+    backoff_seconds: NonNegativeFloat = 0.1
+    stable_seconds: PositiveFloat = 10.0
+    crash_limit: PositiveInt = 3
+
+
 class OffloadSettings(Section):
     io_workers: PositiveInt = 8
     cpu_kind: Literal["thread", "process"] = "thread"
@@ -265,4 +278,5 @@ __all__ = [
     "StageSettings",
     "TcpSettings",
     "TracingSettings",
+    "WorkersSettings",
 ]

@@ -92,6 +92,9 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
         assert (args.command, args.name, args.host) == ("stub", name, "0.0.0.0")
         url = urllib.parse.urlsplit(env[f"{APP.upper()}_DOWNSTREAM__SERVICES__{name.upper()}__URL"])
         assert (url.hostname, url.port) == (name, args.port)
+    # The service: one worker per CPU the container may use.
+    args = parser.parse_args(services[APP]["command"])
+    assert (args.command, args.workers) == ("serve", 0)
     loadtest = services["loadtest"]
     entry = loadtest["entrypoint"]
     assert entry[:3] == ["python", "-m", APP]

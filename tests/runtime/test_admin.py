@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +14,9 @@ import aiohttp
 import pytest
 
 from service.app import create_app
+from service.runtime import admin
 from service.runtime.lifecycle import Service
+from tests.support.process import http_get
 from tests.support.settings import make_settings
 
 
@@ -104,3 +108,28 @@ async def test_metrics_report_readiness() -> None:
         service.state.ready = False
         _, _, body = await _get(session, ports["admin"], "/metrics")
         assert re.search(r"^service_ready 0\.0$", body, re.M)
+
+
+@pytest.mark.asyncio
+async def test_a_workers_admin_livez_fails_while_the_service_loop_is_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker's /livez lives on the admin thread (workers.link) but speaks for
+    # the service's loop: it must not answer 200 for a loop that is stuck.
+    monkeypatch.setattr(admin, "LIVE_WAIT", 0.2)
+    service = Service(make_settings(shutdown={"grace_seconds": 1, "cancel_seconds": 1}), create_app)
+    service.admin.router.add_get("/livez", admin.livez)
+    ports = await service.start()
+    url = f"http://127.0.0.1:{ports['admin']}/livez"
+    try:
+        assert (await asyncio.to_thread(http_get, url))[0] == 200
+        answer: concurrent.futures.Future[tuple[int, dict[str, str], bytes]]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(http_get, url)
+            time.sleep(0.6)  # blocks the service's loop on purpose
+            status, headers, _ = answer.result(timeout=5)
+        assert status == 503
+        assert headers["Content-Type"] == "application/problem+json"
+        assert (await asyncio.to_thread(http_get, url))[0] == 200
+    finally:
+        await service.shutdown()

@@ -83,6 +83,38 @@ def test_buffered_sink_writes_on_flush_and_at_once_for_errors() -> None:
     assert buf.getvalue() == b"a\nb\nc\n"
 
 
+class _Writes(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, data: Any) -> int:
+        self.sizes.append(len(data))
+        return super().write(data)
+
+
+def test_sink_with_max_write_writes_whole_lines_in_small_pieces() -> None:
+    """Several processes on one pipe (workers): each write is whole lines, at most max_write."""
+    out = _Writes()
+    sink = log.LogSink(out)
+    sink.max_write = 100
+    sink.buffering = True
+    lines_in = [b"x" * n for n in (10, 40, 60, 5, 150, 30, 0, 99)]
+    for line in lines_in:
+        sink.write_line(line)
+    sink.flush()
+    assert out.getvalue() == b"\n".join(lines_in) + b"\n"
+    assert out.sizes == [52, 67, 151, 32, 100]
+    # Without it, one write.
+    out = _Writes()
+    sink = log.LogSink(out)
+    sink.buffering = True
+    for line in lines_in:
+        sink.write_line(line)
+    sink.flush()
+    assert out.sizes == [len(b"\n".join(lines_in)) + 1]
+
+
 @pytest.mark.asyncio
 async def test_buffered_access_lines_are_settled_by_the_owner_thread_only() -> None:
     """Batched access lines: written at the loop's flush and scrape, never by other threads'."""

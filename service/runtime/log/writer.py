@@ -66,6 +66,9 @@ class LogSink:
         self._writer: BackgroundWriter | None = None
         self._dropped_before = 0
         self.console = False  # how the "lines dropped" line is rendered (set by configure)
+        # When several processes share the stream (a pipe), write at most this
+        # many bytes at a time, cut at line ends; 0: everything in one write.
+        self.max_write = 0
 
     @property
     def dropped(self) -> int:
@@ -154,13 +157,39 @@ class LogSink:
             self._lines.clear()
             writer = self._writer
             if writer is not None:
-                writer.put(data)  # never blocks; under the lock, chunks keep their order
+                # Never blocks; under the lock, chunks keep their order.
+                if self.max_write and len(data) > self.max_write:
+                    for chunk in line_chunks(data, self.max_write):
+                        writer.put(bytes(chunk))
+                else:
+                    writer.put(data)
                 return
         try:
-            self._stream.write(data)
-            self._stream.flush()
+            if self.max_write and len(data) > self.max_write:
+                for chunk in line_chunks(data, self.max_write):
+                    self._stream.write(chunk)
+                    self._stream.flush()
+            else:
+                self._stream.write(data)
+                self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout closed (e.g. a broken pipe at exit): nothing useful left to do
+
+
+def line_chunks(data: bytes, limit: int) -> list[memoryview]:
+    """``data`` (whole lines) in pieces of at most ``limit`` bytes that end at a line end.
+
+    A single line longer than ``limit`` is a piece of its own.
+    """
+    view, chunks, start, end = memoryview(data), [], 0, len(data)
+    while start < end:
+        stop = start + limit
+        if stop < end:
+            cut = data.rfind(b"\n", start, stop)
+            stop = cut + 1 if cut >= start else (data.find(b"\n", stop) + 1 or end)
+        chunks.append(view[start:stop])
+        start = stop
+    return chunks
 
 
 _sink = LogSink(sys.stdout.buffer)
