@@ -200,7 +200,7 @@ class ApiMiddleware:
             start = perf_counter()
             if track_connection:
                 protocol = request.protocol
-                protocol.in_request = True  # type: ignore[attr-defined]
+                protocol.request = request  # type: ignore[attr-defined]
                 protocol.header_since = 0  # type: ignore[attr-defined]
             headers = headers_of(request)
             rid = headers.get(_RID_KEY)
@@ -236,7 +236,7 @@ class ApiMiddleware:
                 return response
             finally:
                 if track_connection:
-                    protocol.in_request = False  # type: ignore[attr-defined]
+                    protocol.request = None  # type: ignore[attr-defined]
                 if status is not None:
                     record(
                         (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from service.runtime.keys import HTTP_MIDDLEWARE
 from service.runtime.metrics import CounterChild, GaugeChild
 from tests.support.process import running_service, scrape
 from tests.support.settings import make_settings
+from tests.support.tracing import memory_exporter
 
 BODY_TIMEOUT = 0.5
 
@@ -27,10 +28,24 @@ async def _upload(request: web.Request) -> web.Response:
     return web.json_response({"size": len(await request.read())})
 
 
+@pytest.fixture(params=[False, True], ids=["untraced", "traced"])
+def tracing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+    """Both request paths: the traced middleware tracks the connection as the untraced one does."""
+    if not request.param:
+        yield False
+        return
+    with memory_exporter(monkeypatch):
+        yield True
+
+
 @asynccontextmanager
-async def serving(**http: Any) -> AsyncIterator[tuple[int, CounterChild, CounterChild]]:
+async def serving(
+    tracing: bool = False, **http: Any
+) -> AsyncIterator[tuple[int, CounterChild, CounterChild]]:
     """The public app behind the service's server; its port and the two counters."""
-    settings = make_settings(http={"body_timeout": BODY_TIMEOUT, **http})
+    settings = make_settings(
+        http={"body_timeout": BODY_TIMEOUT, **http}, tracing={"enabled": tracing}
+    )
     app = create_app(settings)
     app.router.add_post("/upload", _upload)
     body_timeouts, rejected = CounterChild(), CounterChild()
@@ -70,8 +85,8 @@ async def _trickle(writer: asyncio.StreamWriter, every: float) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_trickled_body_is_answered_408_problem_json_then_closed() -> None:
-    async with serving() as (port, body_timeouts, _):
+async def test_a_trickled_body_is_answered_408_problem_json_then_closed(tracing: bool) -> None:
+    async with serving(tracing) as (port, body_timeouts, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
         writer.write(
@@ -97,8 +112,8 @@ async def test_a_trickled_body_is_answered_408_problem_json_then_closed() -> Non
 
 
 @pytest.mark.asyncio
-async def test_a_slow_body_within_the_deadline_is_read_whole() -> None:
-    async with serving(body_timeout=1.0) as (port, body_timeouts, _):
+async def test_a_slow_body_within_the_deadline_is_read_whole(tracing: bool) -> None:
+    async with serving(tracing, body_timeout=1.0) as (port, body_timeouts, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
         for _ in range(5):  # 0.6 s in all: three header... and more than one sweep apart
