@@ -162,12 +162,17 @@ def rename_lock(root: Path, new: str) -> bool:
         return False
     text = lock.read_text()
     normalized = new.replace("_", "-")
-    renamed = re.sub(
-        rf'^name = "{OLD}"\n(version = "[^"]*"\nsource = {{ (?:editable|virtual) = "\." }})',
-        rf'name = "{normalized}"\n\1',
+    own = re.search(
+        rf'^name = "{OLD}"\nversion = "[^"]*"\nsource = {{ (?:editable|virtual) = "\." }}'
+        r"(.*?)(?=^\[\[package\]\]|\Z)",
         text,
-        flags=re.M,
+        flags=re.M | re.S,
     )
+    if own is None:
+        return False
+    # The entry's name, and its references to itself (an extra that pulls in another).
+    entry = own.group(0).replace(f'name = "{OLD}"', f'name = "{normalized}"')
+    renamed = text[: own.start()] + entry + text[own.end() :]
     if renamed == text:
         return False
     lock.write_text(renamed)

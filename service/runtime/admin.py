@@ -45,7 +45,14 @@ LIVE_WAIT = 1.0
 
 
 async def on_service_loop(app: web.Application, fn: Callable[[], T], timeout: float) -> T:
-    """``fn()``, run on the service's loop (its thread), within ``timeout`` (``TimeoutError``)."""
+    """``fn()``, run on the service's loop (its thread), within ``timeout`` (``TimeoutError``).
+
+    An admin app served on the service's own loop (no :class:`AdminServer`:
+    a test's ``TestServer``, say) runs ``fn`` at once.
+    """
+    loop = app.get(SERVICE_LOOP)
+    if loop is None or loop is asyncio.get_running_loop():
+        return fn()
     done: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def run() -> None:
@@ -55,7 +62,7 @@ async def on_service_loop(app: web.Application, fn: Callable[[], T], timeout: fl
             except BaseException as exc:
                 done.set_exception(exc)
 
-    app[SERVICE_LOOP].call_soon_threadsafe(run)
+    loop.call_soon_threadsafe(run)
     async with asyncio.timeout(timeout):
         return await asyncio.wrap_future(done)
 

@@ -93,7 +93,7 @@ def test_compose_commands_parse_with_the_service_cli() -> None:
         url = urllib.parse.urlsplit(env[f"{APP.upper()}_DOWNSTREAM__SERVICES__{name.upper()}__URL"])
         assert (url.hostname, url.port) == (name, args.port)
     # The service: one worker per CPU the container may use.
-    args = parser.parse_args(services[APP]["command"])
+    args = parser.parse_args(services[DNS_NAME]["command"])
     assert (args.command, args.workers) == ("serve", 0)
     loadtest = services["loadtest"]
     entry = loadtest["entrypoint"]
