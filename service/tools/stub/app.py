@@ -46,6 +46,8 @@ from service.runtime.settings import NAME
 USERS = 1000
 DATASETS = ("users", "orders")
 DEADLINE_MARGIN = 0.01
+# Listen backlog, as the service's own listeners (see ``serving``).
+BACKLOG = 1024
 _FAIL_KINDS = ("500", "503", "reset", "malformed", "big")
 
 
@@ -275,12 +277,16 @@ async def serving(
     """Serve ``app`` on a real socket inside the current loop; yields the bound port.
 
     ``handler_cancellation=True`` makes aiohttp cancel a handler whose client
-    went away, which is what lets the stub count cancelled requests.
+    went away, which is what lets the stub count cancelled requests. The
+    listen backlog matches the service's: a burst of calls from a service
+    with a pool of 1000 connections opens hundreds at once, and aiohttp's
+    default of 128 drops the rest's SYNs, which the kernel retries only after
+    a second (longer than the service's connect timeout).
     """
     runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, backlog=BACKLOG, reuse_address=True)
         await site.start()
         yield int(runner.addresses[0][1])
     finally:
