@@ -5,27 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from service.app import create_app
-from service.runtime.http.listener import HttpListener
-from service.runtime.keys import HTTP_MIDDLEWARE
-from service.runtime.metrics import CounterChild, GaugeChild
 from tests.support.process import running_service, scrape
-from tests.support.settings import make_settings
+from tests.support.slowclients import (
+    Served,
+    beside_normal_traffic,
+    read_until_closed,
+    serving,
+    trickle,
+)
 from tests.support.tracing import memory_exporter
 
 BODY_TIMEOUT = 0.5
-
-
-async def _upload(request: web.Request) -> web.Response:
-    return web.json_response({"size": len(await request.read())})
 
 
 @pytest.fixture(params=[False, True], ids=["untraced", "traced"])
@@ -38,62 +35,26 @@ def tracing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         yield True
 
 
-@asynccontextmanager
-async def serving(
-    tracing: bool = False, **http: Any
-) -> AsyncIterator[tuple[int, CounterChild, CounterChild]]:
-    """The public app behind the service's server; its port and the two counters."""
-    settings = make_settings(
-        http={"body_timeout": BODY_TIMEOUT, **http}, tracing={"enabled": tracing}
-    )
-    app = create_app(settings)
-    app.router.add_post("/upload", _upload)
-    body_timeouts, rejected = CounterChild(), CounterChild()
-    listener = HttpListener(
-        app,
-        settings.http,
-        header_timeouts=CounterChild(),
-        in_flight=GaugeChild(),
-        middleware=app[HTTP_MIDDLEWARE],
-        body_timeouts=body_timeouts,
-        connections_rejected=rejected,
-    )
-    addresses = await listener.start()
-    try:
-        yield addresses[0][1], body_timeouts, rejected
-    finally:
-        await listener.cleanup()
+def _serving(tracing: bool = False, **http: Any) -> AbstractAsyncContextManager[Served]:
+    return serving(tracing=tracing, **{"body_timeout": BODY_TIMEOUT, **http})
 
 
 async def _answer_then_closed(reader: asyncio.StreamReader, limit: float) -> tuple[bytes, bytes]:
     """The response head and body, once the server has closed the connection."""
-    data = b""
-    try:
-        async with asyncio.timeout(limit):
-            while chunk := await reader.read(65536):
-                data += chunk
-    except ConnectionError:
-        pass
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = (await read_until_closed(reader, limit)).partition(b"\r\n\r\n")
     return head, body
-
-
-async def _trickle(writer: asyncio.StreamWriter, every: float) -> None:
-    while not writer.is_closing():
-        await asyncio.sleep(every)
-        writer.write(b"x")
 
 
 @pytest.mark.asyncio
 async def test_a_trickled_body_is_answered_408_problem_json_then_closed(tracing: bool) -> None:
-    async with serving(tracing) as (port, body_timeouts, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with _serving(tracing) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         started = time.monotonic()
         writer.write(
             b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
             b"X-Request-ID: slow-body\r\n\r\nxx"
         )
-        trickler = asyncio.create_task(_trickle(writer, 0.05))
+        trickler = asyncio.create_task(trickle(writer, 0.05))
         head, body = await _answer_then_closed(reader, 5)
         took = time.monotonic() - started
         trickler.cancel()
@@ -108,13 +69,13 @@ async def test_a_trickled_body_is_answered_408_problem_json_then_closed(tracing:
         "slow-body",
     )
     assert BODY_TIMEOUT * 0.9 <= took < BODY_TIMEOUT + 1.0
-    assert body_timeouts.value == 1
+    assert served.body_timeouts.value == 1
 
 
 @pytest.mark.asyncio
 async def test_a_slow_body_within_the_deadline_is_read_whole(tracing: bool) -> None:
-    async with serving(tracing, body_timeout=1.0) as (port, body_timeouts, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with _serving(tracing, body_timeout=1.0) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
         for _ in range(5):  # 0.6 s in all: three header... and more than one sweep apart
             await asyncio.sleep(0.12)
@@ -122,35 +83,35 @@ async def test_a_slow_body_within_the_deadline_is_read_whole(tracing: bool) -> N
         head = await reader.readuntil(b"\r\n\r\n")
         writer.close()
     assert head.split(b" ", 2)[1] == b"200"
-    assert body_timeouts.value == 0
+    assert served.body_timeouts.value == 0
 
 
 @pytest.mark.asyncio
 async def test_connections_past_the_cap_get_a_fast_503_and_are_closed() -> None:
-    async with serving(max_connections=3) as (port, _, rejected):
-        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    async with _serving(max_connections=3) as served:
+        held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(3)]
         for reader, writer in held:  # three keep-alive connections, each served
             writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1] == b"200"
         async with aiohttp.ClientSession() as session:
             started = time.monotonic()
-            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
+            async with session.get(f"http://127.0.0.1:{served.port}/v1/info") as resp:
                 doc = await resp.json(content_type=None)
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "1"
                 assert resp.headers["Content-Type"] == "application/problem+json"
             assert time.monotonic() - started < 0.5
             assert doc["status"] == 503
-            assert rejected.value == 1
+            assert served.rejected.value == 1
             # One connection goes: there is room for the next one again.
             held[0][1].close()
             await held[0][1].wait_closed()
             await asyncio.sleep(0.05)
-            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
+            async with session.get(f"http://127.0.0.1:{served.port}/v1/info") as resp:
                 assert resp.status == 200
         for _, writer in held[1:]:
             writer.close()
-    assert rejected.value == 1
+    assert served.rejected.value == 1
 
 
 # -- the service process: 300 trickling bodies --------------------------------
@@ -160,7 +121,6 @@ TRICKLERS = 300
 
 async def _slow_bodies(port: int, timeout: float) -> tuple[list[tuple[float, bytes]], list[float]]:
     """300 connections that send a head and 2 of 100 body bytes, then trickle; normal traffic."""
-    stop = asyncio.Event()
 
     async def trickler() -> tuple[float, bytes]:
         start = time.monotonic()
@@ -169,7 +129,7 @@ async def _slow_bodies(port: int, timeout: float) -> tuple[list[tuple[float, byt
             b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n[{"
         )
-        task = asyncio.create_task(_trickle(writer, 0.25))
+        task = asyncio.create_task(trickle(writer, 0.25))
         try:
             head, _ = await _answer_then_closed(reader, timeout + 10)
             return time.monotonic() - start, head.split(b" ", 2)[1] if head else b""
@@ -177,23 +137,7 @@ async def _slow_bodies(port: int, timeout: float) -> tuple[list[tuple[float, byt
             task.cancel()
             writer.close()
 
-    async def normal(session: aiohttp.ClientSession) -> list[float]:
-        latencies = []
-        while not stop.is_set() or not latencies:
-            start = time.monotonic()
-            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
-                assert resp.status == 200
-                await resp.read()
-            latencies.append(time.monotonic() - start)
-            await asyncio.sleep(0.05)
-        return latencies
-
-    async with aiohttp.ClientSession() as session:
-        normal_task = asyncio.create_task(normal(session))
-        closed = await asyncio.gather(*(trickler() for _ in range(TRICKLERS)))
-        stop.set()
-        latencies = await normal_task
-    return closed, latencies
+    return await beside_normal_traffic(port, TRICKLERS, trickler)
 
 
 @pytest.mark.slow

@@ -6,46 +6,13 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from service.app import create_app
-from service.runtime.http.listener import HttpListener
-from service.runtime.keys import HTTP_MIDDLEWARE
-from service.runtime.metrics import CounterChild, GaugeChild
 from tests.support.process import running_service, scrape
-from tests.support.settings import make_settings
+from tests.support.slowclients import beside_normal_traffic, read_until_closed, serving, trickle
 
 HEADER_TIMEOUT = 0.5
-
-
-async def _upload(request: web.Request) -> web.Response:
-    return web.json_response({"size": len(await request.read())})
-
-
-@asynccontextmanager
-async def serving() -> AsyncIterator[tuple[int, CounterChild]]:
-    """The public app behind the header-timeout server, on a free port of this loop."""
-    settings = make_settings(http={"header_timeout": HEADER_TIMEOUT})
-    app = create_app(settings)
-    app.router.add_post("/upload", _upload)
-    timeouts = CounterChild()
-    listener = HttpListener(
-        app,
-        settings.http,
-        header_timeouts=timeouts,
-        in_flight=GaugeChild(),
-        middleware=app[HTTP_MIDDLEWARE],
-    )
-    addresses = await listener.start()
-    try:
-        yield addresses[0][1], timeouts
-    finally:
-        await listener.cleanup()
 
 
 async def _closed_after(
@@ -53,12 +20,7 @@ async def _closed_after(
 ) -> float:
     """Seconds (since ``start``, default now) until the server closed the connection."""
     start = time.monotonic() if start is None else start
-    try:
-        async with asyncio.timeout(limit):
-            while await reader.read(4096):
-                pass
-    except ConnectionError:
-        pass
+    await read_until_closed(reader, limit)
     return time.monotonic() - start
 
 
@@ -74,39 +36,31 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 @pytest.mark.asyncio
 async def test_trickled_header_is_cut_at_the_deadline() -> None:
-    async with serving() as (port, timeouts):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(header_timeout=HEADER_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\n")
-
-        async def trickle() -> None:
-            for _ in range(40):
-                await asyncio.sleep(0.05)
-                if writer.is_closing():
-                    return
-                writer.write(b"X")
-
-        trickler = asyncio.create_task(trickle())
+        trickler = asyncio.create_task(trickle(writer, 0.05))
         took = await _closed_after(reader, 5)
         trickler.cancel()
         writer.close()
         assert HEADER_TIMEOUT * 0.8 <= took < HEADER_TIMEOUT + 1.0
-        assert timeouts.value == 1
+        assert served.header_timeouts.value == 1
 
 
 @pytest.mark.asyncio
 async def test_silent_connection_is_cut_at_the_deadline() -> None:
-    async with serving() as (port, timeouts):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(header_timeout=HEADER_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         took = await _closed_after(reader, 5)
         writer.close()
         assert took < HEADER_TIMEOUT + 1.0
-        assert timeouts.value == 1
+        assert served.header_timeouts.value == 1
 
 
 @pytest.mark.asyncio
 async def test_slow_body_upload_is_not_cut() -> None:
-    async with serving() as (port, timeouts):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(header_timeout=HEADER_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n")
         for _ in range(8):  # 8 x 0.2 s: three header timeouts long
             await asyncio.sleep(0.2)
@@ -115,24 +69,24 @@ async def test_slow_body_upload_is_not_cut() -> None:
         writer.close()
         assert status == 200
         assert body == b'{"size": 8}'
-        assert timeouts.value == 0
+        assert served.header_timeouts.value == 0
 
 
 @pytest.mark.asyncio
 async def test_idle_keepalive_is_not_cut_but_a_late_second_header_is() -> None:
-    async with serving() as (port, timeouts):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(header_timeout=HEADER_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await _response(reader))[0] == 200
         await asyncio.sleep(HEADER_TIMEOUT * 3)  # idle between requests: fine
         writer.write(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await _response(reader))[0] == 200
-        assert timeouts.value == 0
+        assert served.header_timeouts.value == 0
         writer.write(b"GET /livez HTTP/1.1\r\n")  # ...but this head never ends
         took = await _closed_after(reader, 5)
         writer.close()
         assert took < HEADER_TIMEOUT + 1.0
-        assert timeouts.value == 1
+        assert served.header_timeouts.value == 1
 
 
 SLOWLORIS = 300
@@ -140,43 +94,20 @@ SLOWLORIS = 300
 
 async def _slowloris(port: int, timeout: float) -> tuple[list[float], list[float]]:
     """300 trickling connections and a client that keeps making normal requests."""
-    stop = asyncio.Event()
 
     async def loris() -> float:
         # Timed from before the connect: the server's clock starts at accept.
         start = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /v1/info HTTP/1.1\r\nHost: t\r\nX-Slow: ")
-
-        async def trickle() -> None:
-            while not writer.is_closing():
-                await asyncio.sleep(0.25)
-                writer.write(b"x")
-
-        trickler = asyncio.create_task(trickle())
+        trickler = asyncio.create_task(trickle(writer, 0.25))
         try:
             return await _closed_after(reader, timeout + 10, start)
         finally:
             trickler.cancel()
             writer.close()
 
-    async def normal(session: aiohttp.ClientSession) -> list[float]:
-        latencies = []
-        while not stop.is_set() or not latencies:
-            start = time.monotonic()
-            async with session.get(f"http://127.0.0.1:{port}/v1/info") as resp:
-                assert resp.status == 200
-                await resp.read()
-            latencies.append(time.monotonic() - start)
-            await asyncio.sleep(0.05)
-        return latencies
-
-    async with aiohttp.ClientSession() as session:
-        normal_task = asyncio.create_task(normal(session))
-        closed = await asyncio.gather(*(loris() for _ in range(SLOWLORIS)))
-        stop.set()
-        latencies = await normal_task
-    return closed, latencies
+    return await beside_normal_traffic(port, SLOWLORIS, loris)
 
 
 @pytest.mark.slow
@@ -216,8 +147,8 @@ async def test_a_request_the_parser_refuses_is_a_problem_and_one_info_line(
     log_output: io.BytesIO,
 ) -> None:
     """No text/plain answer, no error-level traceback per bad client: 400 problem+json."""
-    async with serving() as (port, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(header_timeout=HEADER_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(request_bytes)
         head = await reader.readuntil(b"\r\n\r\n")
         body = await reader.read()
