@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_pipeline import users_stub  # noqa: E402
 from bench.common import free_port, pin, stop_service, wait_pong  # noqa: E402
+from tests.support.process import tcp_events_load  # noqa: E402
 
 ROUNDS = 3
 CONNECTIONS = 32
@@ -77,33 +78,7 @@ def _service(name: str, users_url: str, tmp: Path) -> Iterator[dict[str, Any]]:
 
 def _load(tcp_port: int, duration: float, report: Path) -> dict[str, Any]:
     """One closed-loop run of ``service loadtest`` on core 1; its JSON report."""
-    subprocess.run(
-        [
-            *pin(1),
-            sys.executable,
-            "-m",
-            "service",
-            "loadtest",
-            "tcp",
-            f"127.0.0.1:{tcp_port}",
-            "-s",
-            "tcp-events",
-            "-c",
-            str(CONNECTIONS),
-            "-d",
-            str(duration),
-            "--warmup",
-            "1",
-            "--json",
-            str(report),
-        ],
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
-        check=True,
-        timeout=duration + 60,
-    )
-    result: dict[str, Any] = json.loads(report.read_text())
-    return result
+    return tcp_events_load(tcp_port, duration, report, connections=CONNECTIONS, prefix=pin(1))
 
 
 def measure(duration: float, rounds: int = ROUNDS) -> dict[str, Any]:

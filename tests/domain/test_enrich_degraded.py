@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +10,7 @@ import pytest
 from service.domain.enrich import EnrichStage
 from service.domain.events import Event
 from service.runtime.metrics import Metrics
-from tests.support.process import free_port
+from tests.support.process import free_port, tcp_events_load
 from tests.support.stubs import service_process, stub_process
 
 
@@ -77,34 +74,6 @@ async def test_a_circuit_that_opens_during_a_batch_stops_its_lookups_there() -> 
 # -- side by side: the service with the users downstream healthy, and down ----------
 
 
-def _load(tcp_port: int, seconds: float, report: Path) -> dict[str, Any]:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "loadtest",
-            "tcp",
-            f"127.0.0.1:{tcp_port}",
-            "-s",
-            "tcp-events",
-            "-c",
-            "32",
-            "-d",
-            str(seconds),
-            "--warmup",
-            "1",
-            "--json",
-            str(report),
-        ],
-        stdout=subprocess.DEVNULL,
-        check=True,
-        timeout=seconds + 60,
-    )
-    result: dict[str, Any] = json.loads(report.read_text())
-    return result
-
-
 @pytest.mark.slow
 def test_tcp_ingest_with_the_users_downstream_down_keeps_the_healthy_rate(
     tmp_path: Path,
@@ -120,8 +89,8 @@ def test_tcp_ingest_with_the_users_downstream_down_keeps_the_healthy_rate(
     ):
         rounds: list[tuple[float, float, float, float]] = []
         for i in range(3):  # a noisy neighbour on a shared machine may spoil a round
-            h = _load(healthy.ports["tcp"], 3, tmp_path / f"healthy-{i}.json")
-            d = _load(down.ports["tcp"], 3, tmp_path / f"down-{i}.json")
+            h = tcp_events_load(healthy.ports["tcp"], 3, tmp_path / f"healthy-{i}.json")
+            d = tcp_events_load(down.ports["tcp"], 3, tmp_path / f"down-{i}.json")
             rounds.append(
                 (
                     h["requests_per_second"],

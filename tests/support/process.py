@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -234,3 +234,44 @@ def parse_metrics(text: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return samples
+
+
+def tcp_events_load(
+    tcp_port: int,
+    seconds: float,
+    report: Path,
+    *,
+    connections: int = 32,
+    prefix: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One closed-loop ``service loadtest tcp -s tcp-events`` run; its JSON report.
+
+    ``prefix`` goes before the command (e.g. a ``taskset`` pinning).
+    """
+    subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "service",
+            "loadtest",
+            "tcp",
+            f"127.0.0.1:{tcp_port}",
+            "-s",
+            "tcp-events",
+            "-c",
+            str(connections),
+            "-d",
+            str(seconds),
+            "--warmup",
+            "1",
+            "--json",
+            str(report),
+        ],
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+        check=True,
+        timeout=seconds + 60,
+    )
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
