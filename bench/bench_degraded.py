@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_pipeline import users_stub  # noqa: E402
-from bench.common import free_port, pin, stop_service, wait_pong  # noqa: E402
+from bench.common import free_port, loopback_env, pin, stop_service, wait_pong  # noqa: E402
 from tests.support.process import tcp_events_load  # noqa: E402
 
 ROUNDS = 3
@@ -45,19 +45,12 @@ TARGET_RATIO, TARGET_P99 = 0.9, 2.0
 @contextmanager
 def _service(name: str, users_url: str, tmp: Path) -> Iterator[dict[str, Any]]:
     """One service on core 0 with its users downstream at ``users_url``; yields its ports."""
-    tcp_port, admin_port = free_port(), free_port()
+    ports = {"http": free_port(), "tcp": free_port(), "admin": free_port()}
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "SERVICE_DOWNSTREAM__USERS_URL": users_url,
-        "SERVICE_HTTP__HOST": "127.0.0.1",
-        "SERVICE_HTTP__PORT": str(free_port()),
-        "SERVICE_TCP__HOST": "127.0.0.1",
-        "SERVICE_TCP__PORT": str(tcp_port),
-        "SERVICE_ADMIN__HOST": "127.0.0.1",
-        "SERVICE_ADMIN__PORT": str(admin_port),
-        "SERVICE_LOG__FORMAT": "json",
-        "SERVICE_PIPELINE__SINK_PATH": str(tmp / f"{name}.jsonl"),
+        **loopback_env(ports, tmp / f"{name}.jsonl"),
     }
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as out:
@@ -68,9 +61,9 @@ def _service(name: str, users_url: str, tmp: Path) -> Iterator[dict[str, Any]]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        info: dict[str, Any] = {"tcp": tcp_port, "admin": admin_port}
+        info: dict[str, Any] = {"tcp": ports["tcp"], "admin": ports["admin"]}
         try:
-            wait_pong(tcp_port, svc)
+            wait_pong(ports["tcp"], svc)
             yield info
         finally:
             info["exit_code"], info["summary"] = stop_service(svc, log_path)

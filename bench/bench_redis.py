@@ -43,6 +43,7 @@ from bench.bench_pipeline import (  # noqa: E402
     users_stub,
 )
 from bench.common import free_port as _free_port  # noqa: E402
+from bench.common import loopback_env  # noqa: E402
 from bench.common import pin as _pin  # noqa: E402
 from bench.common import stop_service as _stop  # noqa: E402
 from bench.common import wait_pong as _wait_pong  # noqa: E402
@@ -143,14 +144,7 @@ def _start_service(
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "SERVICE_LOG__FORMAT": "json",
-        "SERVICE_HTTP__HOST": "127.0.0.1",
-        "SERVICE_HTTP__PORT": str(ports["http"]),
-        "SERVICE_TCP__HOST": "127.0.0.1",
-        "SERVICE_TCP__PORT": str(ports["tcp"]),
-        "SERVICE_ADMIN__HOST": "127.0.0.1",
-        "SERVICE_ADMIN__PORT": str(ports["admin"]),
-        "SERVICE_PIPELINE__SINK_PATH": str(tmp / f"{name}.jsonl"),
+        **loopback_env(ports, tmp / f"{name}.jsonl"),
         **extra,
     }
     log_path = tmp / f"{name}.log"

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_tcp import CLIENT as PY_PING_CLIENT
-from bench.common import cpu_seconds, free_port, wait_http, wait_pong
+from bench.common import cpu_seconds, free_port, loopback_env, wait_http, wait_pong
 from tests.support.process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,17 +115,7 @@ def _pids(proc: subprocess.Popen[bytes], admin_port: int | None) -> list[int]:
 def _service(
     workers: int, ports: dict[str, int], env: dict[str, str], log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **env,
-        "SERVICE_HTTP__HOST": "127.0.0.1",
-        "SERVICE_HTTP__PORT": str(ports["http"]),
-        "SERVICE_TCP__HOST": "127.0.0.1",
-        "SERVICE_TCP__PORT": str(ports["tcp"]),
-        "SERVICE_ADMIN__HOST": "127.0.0.1",
-        "SERVICE_ADMIN__PORT": str(ports["admin"]),
-        "SERVICE_LOG__FORMAT": "json",
-        "SERVICE_PIPELINE__SINK_PATH": str(log_path.with_suffix(".jsonl")),
-    }
+    env = {**env, **loopback_env(ports, log_path.with_suffix(".jsonl"))}
     cmd = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
