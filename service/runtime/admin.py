@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from service.runtime.http import health
 from service.runtime.http.problem import errors_only, problem_response
 from service.runtime.keys import METRICS, SETTINGS, STATE
 from service.runtime.metrics import Metrics
@@ -90,10 +91,10 @@ async def debug_tasks(request: web.Request) -> web.Response:
     app = request.app
     if not app[SETTINGS].admin.debug:
         raise web.HTTPNotFound(text="debug endpoints are off (admin.debug)")
-    loop = app[SERVICE_LOOP]
     try:
         groups = app[METRICS].task_groups
-        rows = await on_service_loop(app, lambda: task_dump(groups, loop), DUMP_WAIT)
+        # Run on the service's loop, the dump finds that loop's tasks.
+        rows = await on_service_loop(app, lambda: task_dump(groups), DUMP_WAIT)
     except TimeoutError:
         return problem_response(503, f"The event loop did not answer within {DUMP_WAIT} s.")
     return web.Response(body=orjson.dumps(rows), content_type="application/json")
@@ -109,7 +110,7 @@ async def livez(request: web.Request) -> web.Response:
         await on_service_loop(request.app, lambda: None, LIVE_WAIT)
     except (TimeoutError, RuntimeError):
         return problem_response(503, f"The event loop did not answer within {LIVE_WAIT} s.")
-    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+    return await health.livez(request)
 
 
 def create_admin_app(public: web.Application) -> web.Application:

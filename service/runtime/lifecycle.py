@@ -42,7 +42,7 @@ from service.runtime.appkit import AppFactory
 from service.runtime.config import RuntimeSettings
 from service.runtime.http.listener import HttpListener
 from service.runtime.keys import HTTP_MIDDLEWARE
-from service.runtime.log import flushing, get_logger, sink
+from service.runtime.log import exit_at_once, flushing, get_logger, sink
 from service.runtime.loop import run_loop
 from service.runtime.metrics import Metrics
 from service.runtime.monitor import configure_debug
@@ -98,8 +98,7 @@ class Service:
             return
         # A second signal means "now": no more waiting on anything.
         log.warning("second signal: exiting at once", signal=sig.name)
-        sink().stop_writer(min(0.5, self.settings.log.exit_flush_seconds))
-        os._exit(EXIT_LOST)
+        exit_at_once(EXIT_LOST, self.settings.log.exit_flush_seconds)
 
     def _count_dropped_logs(self) -> None:
         self.metrics.log_dropped.labels().value = float(sink().dropped)
@@ -119,8 +118,7 @@ class Service:
     def exit_now(self, reason: str) -> None:
         """What a second signal does: write the log and exit 1 at once."""
         log.warning("exiting at once", reason=reason)
-        sink().stop_writer(min(0.5, self.settings.log.exit_flush_seconds))
-        os._exit(EXIT_LOST)
+        exit_at_once(EXIT_LOST, self.settings.log.exit_flush_seconds)
 
     # -- start --------------------------------------------------------------
     async def start(self) -> dict[str, int]:

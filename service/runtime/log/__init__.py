@@ -7,11 +7,12 @@
 """
 
 from service.runtime.log.setup import configure, get_logger, set_trace_ids, use_console
-from service.runtime.log.writer import LogSink, flushing, sink
+from service.runtime.log.writer import LogSink, exit_at_once, flushing, sink
 
 __all__ = [
     "LogSink",
     "configure",
+    "exit_at_once",
     "flushing",
     "get_logger",
     "set_trace_ids",

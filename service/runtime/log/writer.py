@@ -21,11 +21,12 @@ This module knows nothing of structlog or of HTTP.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import orjson
 
@@ -197,6 +198,14 @@ _sink = LogSink(sys.stdout.buffer)
 
 def sink() -> LogSink:
     return _sink
+
+
+def exit_at_once(code: int, flush_seconds: float) -> NoReturn:
+    """Exit the process now, without cleanup (a second signal): the writer thread
+    gets at most ``flush_seconds`` (0.5 s at most) for the lines still pending,
+    the last of which is usually why the process is going."""
+    sink().stop_writer(min(0.5, flush_seconds))
+    os._exit(code)
 
 
 async def flushing(

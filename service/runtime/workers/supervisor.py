@@ -55,7 +55,7 @@ import orjson
 from aiohttp import web
 
 from service.runtime.config import RuntimeSettings
-from service.runtime.log import flushing, get_logger, sink
+from service.runtime.log import exit_at_once, flushing, get_logger, sink
 from service.runtime.loop import run_loop
 from service.runtime.workers.admin import SCRAPE_TIMEOUT, create_supervisor_admin
 from service.runtime.workers.link import worker_env
@@ -262,8 +262,7 @@ class Supervisor:
         log.warning("second signal: exiting at once", signal=sig.name)
         for slot in self.slots:
             self._tell(slot, NOW)
-        sink().flush()
-        os._exit(EXIT_LOST)
+        exit_at_once(EXIT_LOST, self.settings.log.exit_flush_seconds)
 
     def _fail(self, code: int, message: str) -> None:
         if self.stopping.is_set():
@@ -305,6 +304,10 @@ def supervise(settings: RuntimeSettings, count: int, argv: Sequence[str] | None 
     try:
         # The stdlib loop: the supervisor is not on any request's path, and
         # asyncio's subprocess support takes every Popen argument.
-        return run_loop(flushing(main(), settings.log.flush_interval), "asyncio")
+        logs = settings.log
+        return run_loop(
+            flushing(main(), logs.flush_interval, logs.buffer_bytes, logs.exit_flush_seconds),
+            "asyncio",
+        )
     finally:
         sink().flush()

@@ -289,6 +289,9 @@ def test_a_second_signal_exits_at_once() -> None:
         svc.signal(signal.SIGINT)
         assert svc.wait(5) == 1
         assert time.monotonic() - began < 1.0
+        # Its log line is written before it goes (the writer thread is given the time).
+        [line] = svc.events("second signal: exiting at once")
+        assert line["signal"] == "SIGINT"
         deadline = time.monotonic() + 3
         while not all(gone(pid) for pid in pids):
             assert time.monotonic() < deadline, "a worker lives on"
