@@ -93,7 +93,7 @@ class EnrichStage(Stage):
                 outcome = "ok" if user is not None else "unknown_user"
             except Exception as exc:  # CancelledError is not an Exception
                 user, outcome = None, "failed"
-                self._failed(f"{type(exc).__name__}: {exc}")
+                self._failed(exc)
             if outcome == "ok":
                 ok += 1
             else:
@@ -133,11 +133,14 @@ class EnrichStage(Stage):
         self._outcomes["skipped"].value += len(values)
         return [(event, None, "skipped") for event in values]
 
-    def _failed(self, error: str) -> None:
-        # At most one line a second: a downstream outage must not flood the log.
+    def _failed(self, error: Exception | str) -> None:
+        # At most one line a second: a downstream outage must not flood the log
+        # (and the text is made only for the line that is written).
         now = time.monotonic()
         if now - self._last_error >= 1.0:
             self._last_error = now
+            if isinstance(error, Exception):
+                error = f"{type(error).__name__}: {error}"
             log.warning("user lookup failed: writing events unenriched", error=error)
 
 

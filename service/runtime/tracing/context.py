@@ -21,7 +21,7 @@ from opentelemetry.util.types import AttributeValue
 
 from service.runtime.log import set_trace_ids
 from service.runtime.tracing.spans import ids
-from service.runtime.tracing.w3c import parse_traceparent
+from service.runtime.tracing.w3c import format_traceparent, parse_traceparent
 
 SAMPLED, NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 EMPTY = Context()
@@ -96,7 +96,7 @@ def carrier() -> str | None:
     ctx = current_span().get_span_context()
     if not ctx.is_valid:
         return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return format_traceparent(ctx.trace_id, ctx.span_id, ctx.trace_flags.sampled)
 
 
 @contextlib.contextmanager

@@ -234,10 +234,6 @@ class Tracing:
         # per request from the API: log spam that any client can cause.
         logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Export everything queued now; blocks (tests, never the loop)."""
-        return self.queue.force_flush(int(timeout * 1000))
-
     async def close(self, timeout: float) -> None:
         """Stop taking spans; export what is queued within ``timeout``, never blocking the loop."""
         set_trace_ids(None)

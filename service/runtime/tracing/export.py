@@ -74,7 +74,6 @@ class ExportQueue(SpanProcessor):
         self._flushed = threading.Condition()
         self._flush_asked = self._flush_done = 0
         self._drop_lock = threading.Lock()
-        self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tracing-export", daemon=True)
         # Counts: dropped is written by whichever thread submits, under _drop_lock;
@@ -121,7 +120,7 @@ class ExportQueue(SpanProcessor):
         while True:
             self._wake.wait(self.schedule_delay)
             self._wake.clear()
-            stopping = self._stopping
+            stopping = self._closed
             with self._flushed:
                 asked = self._flush_asked
             self._export_queued()
@@ -183,7 +182,6 @@ class ExportQueue(SpanProcessor):
     def shutdown(self) -> None:
         """Stop taking spans; the thread exports what is queued, then ends (see :meth:`close`)."""
         self._closed = True
-        self._stopping = True
         self._wake.set()
 
     async def close(self, timeout: float) -> int:
@@ -197,4 +195,4 @@ class ExportQueue(SpanProcessor):
         exporter_log = logging.getLogger(EXPORTER_LOGGER)
         exporter_log.removeHandler(self._reasons)
         exporter_log.propagate = True
-        return len(self._spans) if self._thread.is_alive() or self._spans else 0
+        return len(self._spans)

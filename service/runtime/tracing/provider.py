@@ -63,9 +63,6 @@ class _HashedOnce(Resource):
     def __hash__(self) -> int:
         return self._hash
 
-    def __eq__(self, other: object) -> bool:
-        return super().__eq__(other)
-
 
 def service_resource(name: str, version: str) -> Resource:
     """The resource: ``OTEL_RESOURCE_ATTRIBUTES`` / ``OTEL_SERVICE_NAME`` over the service's own."""
