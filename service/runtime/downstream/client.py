@@ -175,9 +175,10 @@ class DownstreamClient:
         ticket = self.breaker.allow()
         if ticket is None:
             self._outcomes["rejected"].value += 1
+            refused = CircuitOpen(self.name, self.breaker.retry_after())
             if self.tracing is not None:
-                self.tracing.event("circuit breaker open", self.name, self.breaker.retry_after())
-            raise CircuitOpen(self.name, self.breaker.retry_after())
+                self.tracing.event(refused.reason, self.name, refused.retry_after)
+            raise refused
         span = None
         if self.tracing is not None:
             span = self.tracing.attempt_span(method, self.base_url + path, resend_count)

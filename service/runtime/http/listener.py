@@ -19,7 +19,7 @@ from aiohttp import web
 from service.runtime.http.deadlines import Sweeper
 from service.runtime.http.middleware import ApiMiddleware, Handler
 from service.runtime.http.server import HeaderTimeoutServer
-from service.runtime.inherited import inherited_socket
+from service.runtime.inherited import listen
 from service.runtime.log import get_logger
 from service.runtime.metrics import CounterChild, GaugeChild
 from service.runtime.settings import HttpSettings
@@ -103,13 +103,7 @@ class HttpListener:
         assert self.server is not None
         s = self.settings
         loop = asyncio.get_running_loop()
-        sock = inherited_socket(self.name)  # a worker's, bound by its supervisor
-        if sock is not None:
-            self._listening = await loop.create_server(self.server, sock=sock, backlog=s.backlog)
-        else:
-            self._listening = await loop.create_server(
-                self.server, s.host, s.port, backlog=s.backlog, reuse_address=True
-            )
+        self._listening = await listen(self.name, self.server, s.host, s.port, s.backlog)
         # The "http" group: it runs until the listener's cleanup, like aiohttp's own tasks.
         self._sweeper = loop.create_task(self.server.sweep(), name="http:header-sweeper")
         return [sock.getsockname()[:2] for sock in self._listening.sockets]

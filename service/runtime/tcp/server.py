@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from service.runtime.inherited import inherited_socket
+from service.runtime.inherited import listen
 from service.runtime.log import get_logger
 from service.runtime.metrics import Metrics
 from service.runtime.settings import TcpSettings
@@ -93,13 +93,7 @@ class TcpServer:
             from service.runtime.tcp.traced import TracedConnection  # imports OpenTelemetry
 
             protocol = lambda: TracedConnection(self, tracing)  # noqa: E731
-        sock = inherited_socket(self.name)  # a worker's, bound by its supervisor
-        if sock is not None:
-            self._server = await loop.create_server(protocol, sock=sock, backlog=s.backlog)
-        else:
-            self._server = await loop.create_server(
-                protocol, s.host, s.port, backlog=s.backlog, reuse_address=True
-            )
+        self._server = await listen(self.name, protocol, s.host, s.port, s.backlog)
         sweeper = self.spawn(self._sweep(), "sweeper")
         if self._watch is not None:
             self._watch(sweeper, "tcp server's sweeper")
