@@ -172,10 +172,7 @@ def rename_lock(root: Path, new: str) -> bool:
         return False
     # The entry's name, and its references to itself (an extra that pulls in another).
     entry = own.group(0).replace(f'name = "{OLD}"', f'name = "{normalized}"')
-    renamed = text[: own.start()] + entry + text[own.end() :]
-    if renamed == text:
-        return False
-    lock.write_text(renamed)
+    lock.write_text(text[: own.start()] + entry + text[own.end() :])
     return True
 
 

@@ -16,6 +16,7 @@ would in production.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import subprocess
@@ -33,9 +34,10 @@ def say(message: str) -> None:
 
 def stub_ports(argv: list[str]) -> dict[str, int]:
     """The downstreams to stand in for, by name, with their ports (from the service's settings)."""
-    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config")
     try:
-        return loopback_targets(load_settings(config).downstream)
+        return loopback_targets(load_settings(config.parse_known_args(argv)[0].config).downstream)
     except ConfigError:
         return {}  # the service reports what is wrong with its settings
 

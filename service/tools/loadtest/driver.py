@@ -135,6 +135,7 @@ class Driver(Schedule):
         else:
             self._check_done()
 
+    # -- connection events ----------------------------------------------------------
     def on_ready(self, conn: Connection) -> None:
         self.conns.add(conn)
         if self.started:

@@ -26,7 +26,6 @@ class Schedule:
     # The driver's own state that the schedule reads and moves.
     next_request: NextRequest
     idle: list[Connection]
-    inflight: int
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -95,5 +94,3 @@ class Schedule:
             self.first_measured = math.ceil((now - self.t_sched) * rate)
             if self.plan.requests is not None:
                 self.limit = self.first_measured + self.plan.requests
-
-    # -- connection events ----------------------------------------------------------

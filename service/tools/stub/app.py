@@ -42,6 +42,7 @@ from aiohttp import web
 from service.runtime.downstream.deadline import DEADLINE_HEADER
 from service.runtime.requestid import REQUEST_ID_HEADER
 from service.runtime.settings import NAME
+from service.runtime.tracing.w3c import TRACEPARENT
 
 USERS = 1000
 DATASETS = ("users", "orders")
@@ -155,7 +156,7 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
     rid = request.headers.get(REQUEST_ID_HEADER)
     if rid:
         stats.request_ids.append(rid)
-    traceparent = request.headers.get("traceparent")
+    traceparent = request.headers.get(TRACEPARENT)
     if traceparent:
         stats.traceparents.append(traceparent)
     query = request.query
