@@ -26,7 +26,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -71,7 +71,6 @@ class WorkerLink:
 
     index: int
     control: socket.socket
-    sockets: dict[str, socket.socket] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerLink | None:
@@ -84,12 +83,8 @@ class WorkerLink:
         for fd in fds:
             # Not for this worker's own children (a process pool, a subprocess).
             os.set_inheritable(fd, False)
-        link = cls(
-            index=int(spec["index"]),
-            control=socket.socket(fileno=spec["control"]),
-            sockets={name: socket.socket(fileno=fd) for name, fd in spec["sockets"].items()},
-        )
-        inherited.adopt(link.sockets)
+        link = cls(index=int(spec["index"]), control=socket.socket(fileno=spec["control"]))
+        inherited.adopt({name: socket.socket(fileno=fd) for name, fd in spec["sockets"].items()})
         # Before the loop starts, so every task's context carries it.
         structlog.contextvars.bind_contextvars(worker=link.index)
         return link
@@ -109,7 +104,7 @@ class WorkerLink:
     ) -> None:
         """Listening: tell the supervisor; ``stop`` or exit ``now`` when it says so."""
         inherited.close_untaken()  # bound for a listener this service does not have
-        message = orjson.dumps({"pid": os.getpid(), "ports": ports}) + b"\n"
+        message = orjson.dumps({"ports": ports}) + b"\n"
         try:
             self.control.sendall(message)
         except OSError:
