@@ -33,7 +33,13 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from service.runtime.http.compat import Described
 from service.runtime.ids import IdSequence
 from service.runtime.log import sink
-from service.runtime.log.access import AccessEntry, AccessLog, access_prefix, render_access
+from service.runtime.log.access import (
+    AccessEntry,
+    AccessLog,
+    access_prefix,
+    render_access,
+    trace_fields,
+)
 from service.runtime.metrics import CounterChild, HistogramChild, Metrics
 
 if TYPE_CHECKING:
@@ -156,7 +162,7 @@ class RequestRecords:
         resource, scope = tracing.resource, tracing.scope
         # Records hold perf_counter() readings: these turn them into Unix time.
         offset_ns = time.time_ns() - int(time.perf_counter() * 1e9)
-        wall_offset = time.time() - time.perf_counter()
+        wall_offset = offset_ns / 1e9
         stats = self._stats
         route_status = self._route_status
         access = self._access_log
@@ -199,7 +205,7 @@ class RequestRecords:
                 ctx = span.get_span_context()
                 trace_ids = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
                 hist.exemplar(bucket, trace_ids[0], duration, end + wall_offset)
-                prefix = f'{prefix}"trace_id":"{trace_ids[0]}","span_id":"{trace_ids[1]}",'
+                prefix += trace_fields(trace_ids)
             if log_all or (log_some and access.sampled(status, duration)):
                 if access.console:
                     access.write(

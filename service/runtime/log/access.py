@@ -48,6 +48,11 @@ def _json_literal(value: Any) -> str:
     return text
 
 
+def trace_fields(trace_ids: tuple[str, str]) -> str:
+    """The access line's trace and span ids, to follow its prefix (tracing on)."""
+    return f'"trace_id":"{trace_ids[0]}","span_id":"{trace_ids[1]}",'
+
+
 def access_prefix(method: str, route: str, status: int) -> str:
     """The ``"method":...,"route":...,"status":...,`` part of an access line, made once."""
     return (
@@ -141,7 +146,7 @@ class AccessLog:
             return
         prefix = access_prefix(method, route, status)
         if trace_ids:
-            prefix += f'"trace_id":"{trace_ids[0]}","span_id":"{trace_ids[1]}",'
+            prefix += trace_fields(trace_ids)
         _sink.write_line(
             render_access(
                 [
