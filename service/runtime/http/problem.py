@@ -28,6 +28,19 @@ STATUS_CLIENT_CLOSED = 499
 log = get_logger("service.http")
 
 
+def problem_doc(
+    status: int, detail: str, *, slug: str | None = None, title: str | None = None
+) -> dict[str, Any]:
+    """An RFC 9457 problem document's standard members."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return {
+        "type": f"urn:problem:{slug}" if slug else "about:blank",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -38,13 +51,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """An ``application/problem+json`` response (RFC 9457)."""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    doc: dict[str, Any] = {
-        "type": f"urn:problem:{slug}" if slug else "about:blank",
-        "title": title or phrase,
-        "status": status,
-        "detail": detail,
-    }
+    doc = problem_doc(status, detail, slug=slug, title=title)
     rid = request_id_var.get()
     if rid is not None:
         doc["request_id"] = rid

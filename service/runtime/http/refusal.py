@@ -19,6 +19,7 @@ from typing import cast
 
 import orjson
 
+from service.runtime.http.problem import problem_doc
 from service.runtime.log import get_logger
 
 log = get_logger("service.http")
@@ -32,13 +33,11 @@ WARN_EVERY = 10.0
 def refusal_response(max_connections: int) -> bytes:
     """The whole 503 answer, made once per server."""
     body = orjson.dumps(
-        {
-            "type": "urn:problem:unavailable",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": f"The server has its maximum of {max_connections} connections open; "
-            "retry later.",
-        }
+        problem_doc(
+            503,
+            f"The server has its maximum of {max_connections} connections open; retry later.",
+            slug="unavailable",
+        )
     )
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"

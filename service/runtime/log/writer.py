@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any, NoReturn
 
 import orjson
@@ -156,22 +156,20 @@ class LogSink:
                 return
             data = b"\n".join(self._lines) + b"\n"
             self._lines.clear()
+            pieces: Sequence[bytes | memoryview] = (
+                line_chunks(data, self.max_write)
+                if self.max_write and len(data) > self.max_write
+                else (data,)
+            )
             writer = self._writer
             if writer is not None:
-                # Never blocks; under the lock, chunks keep their order.
-                if self.max_write and len(data) > self.max_write:
-                    for chunk in line_chunks(data, self.max_write):
-                        writer.put(bytes(chunk))
-                else:
-                    writer.put(data)
+                # Never blocks; under the lock, pieces keep their order.
+                for piece in pieces:
+                    writer.put(bytes(piece))  # the whole: the same object, not a copy
                 return
         try:
-            if self.max_write and len(data) > self.max_write:
-                for chunk in line_chunks(data, self.max_write):
-                    self._stream.write(chunk)
-                    self._stream.flush()
-            else:
-                self._stream.write(data)
+            for piece in pieces:
+                self._stream.write(piece)
                 self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout closed (e.g. a broken pipe at exit): nothing useful left to do
